@@ -1,0 +1,95 @@
+"""DuckDB access: schema bootstrap from sql/, short lock-tolerant connections, partition replace."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def sql_dir() -> Path:
+    """`sql/` beside the package in a checkout; `mergeit_core/sql` in an installed wheel."""
+    for candidate in (_PACKAGE_DIR / "sql", _PACKAGE_DIR.parent / "sql"):
+        if (candidate / "schema.sql").is_file():
+            return candidate
+    raise FileNotFoundError("mergeit's sql/ folder (schema.sql) was not found")
+
+
+@cache
+def read_sql(name: str) -> str:
+    """The text of ``sql/<name>``; ``name`` may include a subfolder such as ``queries/x.sql``."""
+    return (sql_dir() / name).read_text(encoding="utf-8")
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(read_sql("schema.sql"))
+    conn.execute(read_sql("views.sql"))
+
+
+def _is_lock_error(error: Exception) -> bool:
+    return "lock" in str(error).lower()
+
+
+@contextmanager
+def connect(
+    path: str | Path, *, read_only: bool = False, timeout_s: float = 120.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection. DuckDB allows one writing process per file, so a busy file is
+    retried with jittered backoff until ``timeout_s``; callers keep connections brief."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        try:
+            conn = duckdb.connect(str(path), read_only=read_only)
+            break
+        except (duckdb.IOException, duckdb.ConnectionException) as error:
+            if not _is_lock_error(error) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+    try:
+        if not read_only:
+            ensure_schema(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def insert_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, object]) -> int:
+    """Bulk insert columnar data (lists, numpy or arrow arrays) through Arrow, matched by name;
+    ``table`` is one of our own identifiers, values never pass through SQL text."""
+    staged = pa.table(dict(columns))
+    if staged.num_rows == 0:
+        return 0
+    conn.register("_mergeit_staged", staged)
+    try:
+        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _mergeit_staged")
+    finally:
+        conn.unregister("_mergeit_staged")
+    return staged.num_rows
+
+
+def embedding_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """A float32 (n, d) matrix as an Arrow fixed-size list, which DuckDB reads as FLOAT[d]."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])

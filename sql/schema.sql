@@ -1,0 +1,140 @@
+-- mergeit DuckDB schema. Idempotent: run on every connection that writes.
+-- One row per accepted source row; source_id is the content hash of the normalised fields.
+CREATE TABLE IF NOT EXISTS source_instructions (
+    source_id    VARCHAR PRIMARY KEY,
+    source_file  VARCHAR NOT NULL,
+    source_row   INTEGER NOT NULL,   -- 1-based record number in the file
+    source_turn  INTEGER,            -- 1-based human->assistant pair in a ShareGPT record, else NULL
+    instruction  VARCHAR NOT NULL,
+    input        VARCHAR NOT NULL,
+    output       VARCHAR NOT NULL,
+    ingested_at  TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rejected_rows (
+    source_file  VARCHAR NOT NULL,
+    source_row   INTEGER,            -- NULL when the whole file could not be read
+    source_turn  INTEGER,
+    field        VARCHAR,
+    reason       VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS duplicate_rows (
+    source_file  VARCHAR NOT NULL,
+    source_row   INTEGER NOT NULL,
+    source_turn  INTEGER,
+    source_id    VARCHAR NOT NULL    -- the accepted row this one repeats
+);
+
+CREATE TABLE IF NOT EXISTS source_files (
+    source_file  VARCHAR PRIMARY KEY,
+    file_format  VARCHAR NOT NULL,
+    size_bytes   BIGINT NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    rows_read    INTEGER NOT NULL,
+    accepted     INTEGER NOT NULL,
+    rejected     INTEGER NOT NULL,
+    duplicate    INTEGER NOT NULL,
+    ingested_at  TIMESTAMP NOT NULL
+);
+
+-- A content-addressed cache: rows stay when their source row goes, so re-adding it costs nothing.
+CREATE TABLE IF NOT EXISTS instruction_embeddings (
+    source_id    VARCHAR NOT NULL,
+    model        VARCHAR NOT NULL,
+    embedding    FLOAT[384] NOT NULL,
+    embedded_at  TIMESTAMP NOT NULL,
+    PRIMARY KEY (source_id, model)
+);
+
+CREATE TABLE IF NOT EXISTS topic_clusters (
+    source_id    VARCHAR PRIMARY KEY,
+    cluster_key  VARCHAR NOT NULL
+);
+
+-- One row per live cluster: its centroid (in embedding space) warm-starts the next clustering and
+-- membership_hash tells which partitions must be recomputed.
+CREATE TABLE IF NOT EXISTS clusters (
+    cluster_key     VARCHAR PRIMARY KEY,
+    size            INTEGER NOT NULL,
+    membership_hash VARCHAR NOT NULL,
+    centroid        FLOAT[384] NOT NULL,
+    updated_at      TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS selected_subset (
+    source_id       VARCHAR PRIMARY KEY,
+    cluster_key     VARCHAR NOT NULL,
+    selection_rank  INTEGER NOT NULL,   -- 1 = first picked by the greedy maximiser
+    marginal_gain   DOUBLE              -- NULL when the cluster was kept whole
+);
+
+CREATE TABLE IF NOT EXISTS merge_pairs (
+    group_id     VARCHAR NOT NULL,
+    cluster_key  VARCHAR NOT NULL,
+    source_id    VARCHAR NOT NULL,
+    member_index INTEGER NOT NULL,
+    similarity   DOUBLE NOT NULL,       -- mean cosine similarity to the other members
+    PRIMARY KEY (group_id, source_id)
+);
+
+-- What each per-cluster asset last computed from: the sensor reruns partitions whose inputs moved.
+CREATE TABLE IF NOT EXISTS partition_inputs (
+    asset_name     VARCHAR NOT NULL,
+    cluster_key    VARCHAR NOT NULL,
+    input_hash     VARCHAR NOT NULL,
+    run_id         VARCHAR,
+    materialized_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (asset_name, cluster_key)
+);
+
+-- LLM answers keyed by a hash of (model, prompt version, sampling parameters, group contents).
+CREATE TABLE IF NOT EXISTS llm_cache (
+    cache_key         VARCHAR PRIMARY KEY,
+    purpose           VARCHAR NOT NULL,   -- 'merge' or 'score'
+    model             VARCHAR NOT NULL,
+    prompt_version    VARCHAR NOT NULL,
+    valid             BOOLEAN NOT NULL,
+    response          VARCHAR NOT NULL,   -- the raw message content
+    prompt_tokens     INTEGER,
+    completion_tokens INTEGER,
+    created_at        TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS merged_samples (
+    group_id        VARCHAR PRIMARY KEY,
+    cluster_key     VARCHAR NOT NULL,
+    status          VARCHAR NOT NULL,    -- 'merged' | 'failed' | 'rejected_by_quality'
+    instruction     VARCHAR,
+    input           VARCHAR,
+    output          VARCHAR,
+    model           VARCHAR NOT NULL,
+    backend         VARCHAR NOT NULL,
+    prompt_version  VARCHAR NOT NULL,
+    sampling_params VARCHAR NOT NULL,    -- JSON
+    quality_score   DOUBLE,
+    sources_mean_score DOUBLE,
+    error           VARCHAR,
+    cache_key       VARCHAR NOT NULL,
+    run_id          VARCHAR,
+    partition_key   VARCHAR,
+    created_at      TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS merged_dataset (
+    sample_id    VARCHAR PRIMARY KEY,
+    origin       VARCHAR NOT NULL,       -- 'merged' | 'selected'
+    cluster_key  VARCHAR NOT NULL,
+    group_id     VARCHAR,                -- set when origin = 'merged'
+    instruction  VARCHAR NOT NULL,
+    input        VARCHAR NOT NULL,
+    output       VARCHAR NOT NULL,
+    run_id       VARCHAR
+);
+
+-- Lineage edges: each final sample and the source rows (by content id) it was made from.
+CREATE TABLE IF NOT EXISTS sample_sources (
+    sample_id    VARCHAR NOT NULL,
+    source_id    VARCHAR NOT NULL,
+    PRIMARY KEY (sample_id, source_id)
+);
