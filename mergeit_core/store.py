@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +29,29 @@ def sql_dir() -> Path:
 def read_sql(name: str) -> str:
     """The text of ``sql/<name>``; ``name`` may include a subfolder such as ``queries/x.sql``."""
     return (sql_dir() / name).read_text(encoding="utf-8")
+
+
+_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def sql_statements(name: str) -> list[str]:
+    """The statements of ``sql/<name>``, split on the ``;`` that ends a line."""
+    return [stmt.strip() for stmt in re.split(r";\s*\n", read_sql(name)) if _has_code(stmt)]
+
+
+def _has_code(statement: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines())
+
+
+def run_sql(conn: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, object] | None = None):
+    """Execute ``sql/<name>`` statement by statement, binding each one's ``$name`` parameters.
+    Returns the connection after the last statement, ready for ``fetch*``."""
+    params = params or {}
+    result = conn
+    for statement in sql_statements(name):
+        wanted = set(_PARAMETER.findall(statement))
+        result = conn.execute(statement, {key: params[key] for key in wanted} if wanted else None)
+    return result
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:

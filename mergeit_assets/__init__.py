@@ -1,0 +1,1 @@
+"""Dagster definitions for mergeit: thin assets over mergeit_core."""

@@ -1,0 +1,28 @@
+"""Export the merged dataset in Alpaca format (instruction, input, output)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from mergeit_core.store import connect
+
+_EXPORT_QUERY = "SELECT instruction, input, output FROM merged_dataset ORDER BY sample_id"
+
+
+def export_dataset(db_path: str | Path, out: str | Path) -> int:
+    out = Path(out)
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"{out}: export to .jsonl or .parquet")
+    with connect(db_path) as conn:
+        table = conn.execute(_EXPORT_QUERY).fetch_arrow_table()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        pq.write_table(table, out)
+    else:
+        with out.open("w", encoding="utf-8") as handle:
+            for row in table.to_pylist():
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return table.num_rows

@@ -1,0 +1,493 @@
+"""The pipeline's stages as plain functions over one DuckDB file.
+
+Each stage reads what it needs in a short connection, computes outside DuckDB, then writes its
+result in one short transaction (delete the rows it owns, insert, commit). DuckDB admits one
+writing process per file, so runs of different partitions take turns at the lock and none holds
+it while computing or waiting on an LLM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mergeit_core import cluster as clustering
+from mergeit_core import embed, pairing, select
+from mergeit_core.ingest import IngestResult, ingest_sources
+from mergeit_core.merge.cache import DuckDBResponseCache
+from mergeit_core.merge.clients import ChatBackend, LLMConfig
+from mergeit_core.merge.engine import MergeGroup, run_merges
+from mergeit_core.merge.prompt import PROMPT_VERSION
+from mergeit_core.merge.quality import Scorer
+from mergeit_core.records import Sample, group_id, stable_hash
+from mergeit_core.store import connect, embedding_array, insert_columns, run_sql, transaction
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
+    """A FLOAT[d] column as a float32 (n, d) matrix."""
+    values = table.column(column).combine_chunks()
+    if len(values) == 0:
+        return np.zeros((0, embed.EMBEDDING_DIM), dtype=np.float32)
+    return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1).astype(np.float32)
+
+
+def _record_partition_input(conn, asset_name: str, cluster_key: str, input_hash: str, run_id: str | None) -> None:
+    conn.execute("DELETE FROM partition_inputs WHERE asset_name = ? AND cluster_key = ?", [asset_name, cluster_key])
+    conn.execute(
+        "INSERT INTO partition_inputs VALUES (?, ?, ?, ?, ?)", [asset_name, cluster_key, input_hash, run_id, _now()]
+    )
+
+
+# --- source_instructions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    files: int
+    rows_read: int
+    accepted: int
+    rejected: int
+    duplicate: int
+    retired_samples: int
+
+
+def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestStats, IngestResult]:
+    """Replace the source tables with what the configured files hold now; final samples made
+    from rows that disappeared are retired in the same transaction."""
+    result = ingest_sources(sources)
+    now = _now()
+    accepted, rejected, duplicates = result.accepted, result.rejected, result.duplicates
+    with connect(db_path) as conn, transaction(conn):
+        for table in ("source_instructions", "rejected_rows", "duplicate_rows", "source_files"):
+            conn.execute(f"DELETE FROM {table}")
+        insert_columns(conn, "source_instructions", {
+            "source_id": [r.source_id for r in accepted],
+            "source_file": [r.source_file for r in accepted],
+            "source_row": pa.array([r.source_row for r in accepted], pa.int32()),
+            "source_turn": pa.array([r.source_turn for r in accepted], pa.int32()),
+            "instruction": [r.sample.instruction for r in accepted],
+            "input": [r.sample.input for r in accepted],
+            "output": [r.sample.output for r in accepted],
+            "ingested_at": pa.array([now] * len(accepted), pa.timestamp("us")),
+        })
+        insert_columns(conn, "rejected_rows", {
+            "source_file": [r.source_file for r in rejected],
+            "source_row": pa.array([r.source_row for r in rejected], pa.int32()),
+            "source_turn": pa.array([r.source_turn for r in rejected], pa.int32()),
+            "field": pa.array([r.field for r in rejected], pa.string()),
+            "reason": [r.reason for r in rejected],
+        })
+        insert_columns(conn, "duplicate_rows", {
+            "source_file": [r.source_file for r in duplicates],
+            "source_row": pa.array([r.source_row for r in duplicates], pa.int32()),
+            "source_turn": pa.array([r.source_turn for r in duplicates], pa.int32()),
+            "source_id": [r.source_id for r in duplicates],
+        })
+        insert_columns(conn, "source_files", {
+            "source_file": [f.source_file for f in result.files],
+            "file_format": [f.file_format for f in result.files],
+            "size_bytes": pa.array([f.size_bytes for f in result.files], pa.int64()),
+            "content_hash": [f.content_hash for f in result.files],
+            "rows_read": pa.array([f.rows_read for f in result.files], pa.int32()),
+            "accepted": pa.array([f.accepted for f in result.files], pa.int32()),
+            "rejected": pa.array([f.rejected for f in result.files], pa.int32()),
+            "duplicate": pa.array([f.duplicate for f in result.files], pa.int32()),
+            "ingested_at": pa.array([now] * len(result.files), pa.timestamp("us")),
+        })
+        samples_before = conn.execute("SELECT count(*) FROM merged_dataset").fetchone()[0]
+        run_sql(conn, "pipeline/retire_missing_sources.sql")
+        retired = samples_before - conn.execute("SELECT count(*) FROM merged_dataset").fetchone()[0]
+    stats = IngestStats(
+        files=len(result.files),
+        rows_read=sum(f.rows_read for f in result.files),
+        accepted=len(accepted),
+        rejected=len(rejected),
+        duplicate=len(duplicates),
+        retired_samples=retired,
+    )
+    return stats, result
+
+
+# --- instruction_embeddings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    embedded: int
+    total: int
+    seconds: float
+
+
+def embed_missing(db_path: str | Path, *, batch_size: int = 64, chunk_size: int = 4096) -> EmbedStats:
+    """Embed only the source rows that have no embedding for the model yet, committing each
+    chunk so an interrupted run keeps what it paid for."""
+    started = time.perf_counter()
+    with connect(db_path) as conn:
+        pending = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": embed.MODEL_NAME}).fetchall()
+        total = conn.execute("SELECT count(*) FROM source_instructions").fetchone()[0]
+    for start in range(0, len(pending), chunk_size):
+        chunk = pending[start:start + chunk_size]
+        texts = [Sample(instruction, input_, "").embedding_text for _, instruction, input_ in chunk]
+        vectors = embed.embed_texts(texts, batch_size=batch_size)
+        with connect(db_path) as conn, transaction(conn):
+            insert_columns(conn, "instruction_embeddings", {
+                "source_id": [source_id for source_id, _, _ in chunk],
+                "model": [embed.MODEL_NAME] * len(chunk),
+                "embedding": embedding_array(vectors),
+                "embedded_at": pa.array([_now()] * len(chunk), pa.timestamp("us")),
+            })
+    return EmbedStats(embedded=len(pending), total=total, seconds=time.perf_counter() - started)
+
+
+# --- topic_clusters ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    k: int
+    rows: int
+    n_components: int
+    explained_variance: float
+    warm_started: bool
+    sizes: dict[str, int]
+    added: list[str]
+    removed: list[str]
+    changed: list[str]  # live clusters whose membership differs from the previous clustering
+    unchanged: list[str]
+
+
+def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) -> ClusterStats:
+    with connect(db_path) as conn:
+        current = run_sql(conn, "pipeline/current_embeddings.sql", {"model": embed.MODEL_NAME}).fetch_arrow_table()
+        missing = conn.execute(
+            "SELECT count(*) FROM source_instructions s ANTI JOIN instruction_embeddings e "
+            "ON e.source_id = s.source_id AND e.model = ?", [embed.MODEL_NAME]
+        ).fetchone()[0]
+        previous = run_sql(conn, "pipeline/previous_clusters.sql").fetch_arrow_table()
+    if missing:
+        raise RuntimeError(f"{missing} source rows have no embedding yet: materialize instruction_embeddings first")
+    source_ids: list[str] = current.column("source_id").to_pylist()
+    embeddings = _matrix(current)
+    previous_keys: list[str] = previous.column("cluster_key").to_pylist()
+    previous_members = {
+        key: {m for m in members if m is not None}
+        for key, members in zip(previous_keys, previous.column("members").to_pylist())
+    }
+    previous_hashes = {key: clustering.membership_hash(sorted(m)) for key, m in previous_members.items()}
+    fitted = clustering.fit_clusters(
+        embeddings, seed=seed, previous_centroids=_matrix(previous, "centroid") if previous_keys else None
+    )
+    keys_by_label = clustering.assign_stable_keys(source_ids, fitted.labels, previous_members)
+    row_keys = [keys_by_label[int(label)] for label in fitted.labels]
+    members: dict[str, list[str]] = {key: [] for key in keys_by_label.values()}
+    for source_id, key in zip(source_ids, row_keys):
+        members[key].append(source_id)
+    hashes = {key: clustering.membership_hash(ids) for key, ids in members.items()}
+    removed = sorted(set(previous_keys) - set(members))
+    ordered_labels = sorted(keys_by_label, key=keys_by_label.get)
+    with connect(db_path) as conn, transaction(conn):
+        conn.execute("DELETE FROM topic_clusters")
+        conn.execute("DELETE FROM clusters")
+        insert_columns(conn, "topic_clusters", {"source_id": source_ids, "cluster_key": row_keys})
+        insert_columns(conn, "clusters", {
+            "cluster_key": [keys_by_label[label] for label in ordered_labels],
+            "size": pa.array([len(members[keys_by_label[label]]) for label in ordered_labels], pa.int32()),
+            "membership_hash": [hashes[keys_by_label[label]] for label in ordered_labels],
+            "centroid": embedding_array(fitted.centroids[ordered_labels]),
+            "updated_at": pa.array([_now()] * len(ordered_labels), pa.timestamp("us")),
+        })
+        for key in removed:
+            _delete_cluster_rows(conn, key)
+    changed = sorted(key for key in members if previous_hashes.get(key) != hashes[key])
+    return ClusterStats(
+        k=len(members),
+        rows=len(source_ids),
+        n_components=fitted.n_components,
+        explained_variance=fitted.explained_variance,
+        warm_started=fitted.warm_started,
+        sizes={key: len(ids) for key, ids in sorted(members.items())},
+        added=sorted(set(members) - set(previous_keys)),
+        removed=removed,
+        changed=changed,
+        unchanged=sorted(set(members) - set(changed)),
+    )
+
+
+_PER_CLUSTER_TABLES = ("selected_subset", "merge_pairs", "merged_samples")
+
+
+def _delete_cluster_rows(conn, cluster_key: str) -> None:
+    for table in _PER_CLUSTER_TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE cluster_key = ?", [cluster_key])
+    conn.execute("DELETE FROM partition_inputs WHERE cluster_key = ?", [cluster_key])
+
+
+def stale_partitions(db_path: str | Path) -> list[str]:
+    """Live clusters whose selection was computed from another membership (or never)."""
+    with connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT c.cluster_key FROM clusters c LEFT JOIN partition_inputs p "
+            "ON p.cluster_key = c.cluster_key AND p.asset_name = 'selected_subset' "
+            "WHERE p.input_hash IS DISTINCT FROM c.membership_hash ORDER BY c.cluster_key"
+        ).fetchall()
+    return [key for (key,) in rows]
+
+
+def live_cluster_keys(db_path: str | Path) -> list[str]:
+    with connect(db_path) as conn:
+        return [key for (key,) in conn.execute("SELECT cluster_key FROM clusters ORDER BY cluster_key").fetchall()]
+
+
+# --- selected_subset -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SelectStats:
+    cluster_key: str
+    cluster_size: int
+    selected: int
+    kept_whole: bool
+
+
+def select_cluster(
+    db_path: str | Path, cluster_key: str, *, budget: int = select.DEFAULT_BUDGET, run_id: str | None = None
+) -> SelectStats:
+    with connect(db_path) as conn:
+        members = run_sql(
+            conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key}
+        ).fetch_arrow_table()
+        membership = conn.execute("SELECT membership_hash FROM clusters WHERE cluster_key = ?", [cluster_key]).fetchone()
+    if membership is None:
+        raise KeyError(f"cluster {cluster_key!r} does not exist: materialize topic_clusters first")
+    source_ids = members.column("source_id").to_pylist()
+    selection = select.select_facility_location(_matrix(members), budget)
+    with connect(db_path) as conn, transaction(conn):
+        conn.execute("DELETE FROM selected_subset WHERE cluster_key = ?", [cluster_key])
+        insert_columns(conn, "selected_subset", {
+            "source_id": [source_ids[i] for i in selection.indices],
+            "cluster_key": [cluster_key] * len(selection.indices),
+            "selection_rank": pa.array(range(1, len(selection.indices) + 1), pa.int32()),
+            "marginal_gain": pa.array(selection.gains, pa.float64()),
+        })
+        _record_partition_input(conn, "selected_subset", cluster_key, membership[0], run_id)
+    return SelectStats(cluster_key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
+
+
+# --- merge_pairs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairStats:
+    cluster_key: str
+    selected: int
+    groups: int
+    grouped_rows: int
+    mean_similarity: float | None
+
+
+def pair_cluster(
+    db_path: str | Path,
+    cluster_key: str,
+    *,
+    threshold: float = 0.55,
+    max_group_size: int = 2,
+    run_id: str | None = None,
+) -> PairStats:
+    with connect(db_path) as conn:
+        selected = run_sql(
+            conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key}
+        ).fetch_arrow_table()
+    source_ids = selected.column("source_id").to_pylist()
+    similarity = pairing.cosine_similarity_matrix(_matrix(selected))
+    groups = pairing.similarity_groups(similarity, threshold, max_group_size)
+    rows = [
+        (group_id([source_ids[i] for i in group.members]), source_ids[member], index, sim)
+        for group in groups
+        for index, (member, sim) in enumerate(zip(group.members, group.similarities))
+    ]
+    with connect(db_path) as conn, transaction(conn):
+        conn.execute("DELETE FROM merge_pairs WHERE cluster_key = ?", [cluster_key])
+        insert_columns(conn, "merge_pairs", {
+            "group_id": [r[0] for r in rows],
+            "cluster_key": [cluster_key] * len(rows),
+            "source_id": [r[1] for r in rows],
+            "member_index": pa.array([r[2] for r in rows], pa.int32()),
+            "similarity": pa.array([r[3] for r in rows], pa.float64()),
+        })
+        input_hash = stable_hash([sorted(source_ids), threshold, max_group_size])
+        _record_partition_input(conn, "merge_pairs", cluster_key, input_hash, run_id)
+    sims = [r[3] for r in rows]
+    return PairStats(cluster_key, len(source_ids), len(groups), len(rows), float(np.mean(sims)) if sims else None)
+
+
+# --- merged_dataset ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    samples: int
+    merged: int
+    selected: int
+    source_rows: int
+
+
+def build_merged_dataset(db_path: str | Path, *, run_id: str | None = None) -> DatasetStats:
+    with connect(db_path) as conn, transaction(conn):
+        run_sql(conn, "pipeline/build_merged_dataset.sql", {"run_id": run_id})
+        counts = dict(conn.execute("SELECT origin, count(*) FROM merged_dataset GROUP BY origin").fetchall())
+        source_rows = conn.execute("SELECT count(*) FROM source_instructions").fetchone()[0]
+    merged, selected_rows = counts.get("merged", 0), counts.get("selected", 0)
+    return DatasetStats(merged + selected_rows, merged, selected_rows, source_rows)
+
+
+def preview(db_path: str | Path, query: str, params: Sequence[object] = (), limit: int = 5) -> str:
+    """A markdown table of the first rows of ``query``, for asset metadata."""
+    with connect(db_path) as conn:
+        result = conn.execute(f"{query} LIMIT {int(limit)}", list(params))
+        columns = [d[0] for d in result.description]
+        rows = result.fetchall()
+    def cell(value: object) -> str:
+        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        text = text.replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= 80 else text[:77] + "..."
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class RunSummary:
+    """What `mergeit run` prints."""
+
+    rows_read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicate: int = 0
+    clusters: int = 0
+    selected: int = 0
+    merge_groups: int = 0
+    merged: int = 0
+    failed: int = 0
+    rejected_by_quality: int = 0
+    final_rows: int = 0
+    db_path: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def summarize(db_path: str | Path) -> RunSummary:
+    with connect(db_path) as conn:
+        files = conn.execute(
+            "SELECT coalesce(sum(rows_read),0), coalesce(sum(accepted),0), coalesce(sum(rejected),0), "
+            "coalesce(sum(duplicate),0) FROM source_files"
+        ).fetchone()
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM clusters), (SELECT count(*) FROM selected_subset), "
+            "(SELECT count(DISTINCT group_id) FROM merge_pairs), (SELECT count(*) FROM merged_dataset)"
+        ).fetchone()
+        statuses = dict(conn.execute("SELECT status, count(*) FROM merged_samples GROUP BY status").fetchall())
+    return RunSummary(
+        rows_read=int(files[0]), accepted=int(files[1]), rejected=int(files[2]), duplicate=int(files[3]),
+        clusters=counts[0], selected=counts[1], merge_groups=counts[2],
+        merged=statuses.get("merged", 0), failed=statuses.get("failed", 0),
+        rejected_by_quality=statuses.get("rejected_by_quality", 0),
+        final_rows=counts[3], db_path=str(Path(db_path).resolve()),
+    )
+
+
+# --- merged_samples ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MergeStats:
+    clusters: int
+    groups: int
+    merged: int
+    failed: int
+    rejected_by_quality: int
+    cache_hits: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+def load_merge_groups(db_path: str | Path, cluster_keys: Sequence[str]) -> list[MergeGroup]:
+    groups: list[MergeGroup] = []
+    with connect(db_path) as conn:
+        for cluster_key in cluster_keys:
+            rows = run_sql(conn, "pipeline/merge_groups.sql", {"cluster_key": cluster_key}).fetchall()
+            members: dict[str, list[Sample]] = {}
+            for gid, _source_id, instruction, input_, output in rows:
+                members.setdefault(gid, []).append(Sample(instruction, input_, output))
+            groups += [MergeGroup(gid, cluster_key, tuple(samples)) for gid, samples in members.items()]
+    return groups
+
+
+def merge_clusters(
+    db_path: str | Path,
+    cluster_keys: Sequence[str],
+    backend: ChatBackend,
+    config: LLMConfig,
+    *,
+    scorer: Scorer | None = None,
+    run_id: str | None = None,
+) -> MergeStats:
+    """Merge every group of the given clusters in one pool of concurrent requests, then replace
+    each cluster's merged_samples rows. Answers are cached as they arrive, so a rerun after a
+    crash only asks for what is missing."""
+    groups = load_merge_groups(db_path, cluster_keys)
+    report = run_merges(groups, backend, DuckDBResponseCache(db_path), config, scorer=scorer)
+    outcomes = {outcome.group_id: outcome for outcome in report.outcomes}
+    sampling = json.dumps(config.sampling_params(), sort_keys=True)
+    now = _now()
+    with connect(db_path) as conn, transaction(conn):
+        for cluster_key in cluster_keys:
+            conn.execute("DELETE FROM merged_samples WHERE cluster_key = ?", [cluster_key])
+        rows = [(group, outcomes[group.group_id]) for group in groups]
+        insert_columns(conn, "merged_samples", {
+            "group_id": [g.group_id for g, _ in rows],
+            "cluster_key": [g.cluster_key for g, _ in rows],
+            "status": [o.status for _, o in rows],
+            "instruction": pa.array([o.sample.instruction if o.sample else None for _, o in rows], pa.string()),
+            "input": pa.array([o.sample.input if o.sample else None for _, o in rows], pa.string()),
+            "output": pa.array([o.sample.output if o.sample else None for _, o in rows], pa.string()),
+            "model": [backend.model] * len(rows),
+            "backend": [backend.backend] * len(rows),
+            "prompt_version": [PROMPT_VERSION] * len(rows),
+            "sampling_params": [sampling] * len(rows),
+            "quality_score": pa.array([o.quality_score for _, o in rows], pa.float64()),
+            "sources_mean_score": pa.array([o.sources_mean_score for _, o in rows], pa.float64()),
+            "error": pa.array([o.error for _, o in rows], pa.string()),
+            "cache_key": [o.cache_key for _, o in rows],
+            "run_id": pa.array([run_id] * len(rows), pa.string()),
+            "partition_key": [g.cluster_key for g, _ in rows],
+            "created_at": pa.array([now] * len(rows), pa.timestamp("us")),
+        })
+        for cluster_key in cluster_keys:
+            member_ids = sorted(g.group_id for g in groups if g.cluster_key == cluster_key)
+            input_hash = stable_hash([member_ids, backend.model, PROMPT_VERSION, config.sampling_params()])
+            _record_partition_input(conn, "merged_samples", cluster_key, input_hash, run_id)
+    by_status = {status: sum(o.status == status for o in report.outcomes) for status in ("merged", "failed", "rejected_by_quality")}
+    return MergeStats(
+        clusters=len(cluster_keys),
+        groups=len(groups),
+        merged=by_status["merged"],
+        failed=by_status["failed"],
+        rejected_by_quality=by_status["rejected_by_quality"],
+        cache_hits=report.cache_hits,
+        requests=report.requests,
+        prompt_tokens=report.prompt_tokens,
+        completion_tokens=report.completion_tokens,
+        seconds=report.wall_s,
+    )
