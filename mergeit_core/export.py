@@ -17,7 +17,7 @@ def export_dataset(db_path: str | Path, out: str | Path) -> int:
     if out.suffix not in (".jsonl", ".parquet"):
         raise ValueError(f"{out}: export to .jsonl or .parquet")
     with connect(db_path) as conn:
-        table = conn.execute(_EXPORT_QUERY).fetch_arrow_table()
+        table = conn.sql(_EXPORT_QUERY).to_arrow_table()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         pq.write_table(table, out)

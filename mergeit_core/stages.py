@@ -21,16 +21,11 @@ import pyarrow as pa
 from mergeit_core import cluster as clustering
 from mergeit_core import embed, pairing, select
 from mergeit_core.ingest import IngestResult, ingest_sources
-from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import ChatBackend, LLMConfig
-from mergeit_core.merge.engine import MergeGroup, run_merges
-from mergeit_core.merge.prompt import PROMPT_VERSION
-from mergeit_core.merge.quality import Scorer
 from mergeit_core.records import Sample, group_id, stable_hash
-from mergeit_core.store import connect, embedding_array, insert_columns, run_sql, transaction
+from mergeit_core.store import connect, embedding_array, fetch_table, insert_columns, run_sql, transaction
 
 
-def _now() -> datetime:
+def now_utc() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -42,10 +37,10 @@ def _matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1).astype(np.float32)
 
 
-def _record_partition_input(conn, asset_name: str, cluster_key: str, input_hash: str, run_id: str | None) -> None:
+def record_partition_input(conn, asset_name: str, cluster_key: str, input_hash: str, run_id: str | None) -> None:
     conn.execute("DELETE FROM partition_inputs WHERE asset_name = ? AND cluster_key = ?", [asset_name, cluster_key])
     conn.execute(
-        "INSERT INTO partition_inputs VALUES (?, ?, ?, ?, ?)", [asset_name, cluster_key, input_hash, run_id, _now()]
+        "INSERT INTO partition_inputs VALUES (?, ?, ?, ?, ?)", [asset_name, cluster_key, input_hash, run_id, now_utc()]
     )
 
 
@@ -66,7 +61,7 @@ def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestSt
     """Replace the source tables with what the configured files hold now; final samples made
     from rows that disappeared are retired in the same transaction."""
     result = ingest_sources(sources)
-    now = _now()
+    now = now_utc()
     accepted, rejected, duplicates = result.accepted, result.rejected, result.duplicates
     with connect(db_path) as conn, transaction(conn):
         for table in ("source_instructions", "rejected_rows", "duplicate_rows", "source_files"):
@@ -145,7 +140,7 @@ def embed_missing(db_path: str | Path, *, batch_size: int = 64, chunk_size: int 
                 "source_id": [source_id for source_id, _, _ in chunk],
                 "model": [embed.MODEL_NAME] * len(chunk),
                 "embedding": embedding_array(vectors),
-                "embedded_at": pa.array([_now()] * len(chunk), pa.timestamp("us")),
+                "embedded_at": pa.array([now_utc()] * len(chunk), pa.timestamp("us")),
             })
     return EmbedStats(embedded=len(pending), total=total, seconds=time.perf_counter() - started)
 
@@ -169,12 +164,12 @@ class ClusterStats:
 
 def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) -> ClusterStats:
     with connect(db_path) as conn:
-        current = run_sql(conn, "pipeline/current_embeddings.sql", {"model": embed.MODEL_NAME}).fetch_arrow_table()
+        current = fetch_table(conn, "pipeline/current_embeddings.sql", {"model": embed.MODEL_NAME})
         missing = conn.execute(
             "SELECT count(*) FROM source_instructions s ANTI JOIN instruction_embeddings e "
             "ON e.source_id = s.source_id AND e.model = ?", [embed.MODEL_NAME]
         ).fetchone()[0]
-        previous = run_sql(conn, "pipeline/previous_clusters.sql").fetch_arrow_table()
+        previous = fetch_table(conn, "pipeline/previous_clusters.sql")
     if missing:
         raise RuntimeError(f"{missing} source rows have no embedding yet: materialize instruction_embeddings first")
     source_ids: list[str] = current.column("source_id").to_pylist()
@@ -205,7 +200,7 @@ def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) 
             "size": pa.array([len(members[keys_by_label[label]]) for label in ordered_labels], pa.int32()),
             "membership_hash": [hashes[keys_by_label[label]] for label in ordered_labels],
             "centroid": embedding_array(fitted.centroids[ordered_labels]),
-            "updated_at": pa.array([_now()] * len(ordered_labels), pa.timestamp("us")),
+            "updated_at": pa.array([now_utc()] * len(ordered_labels), pa.timestamp("us")),
         })
         for key in removed:
             _delete_cluster_rows(conn, key)
@@ -264,9 +259,7 @@ def select_cluster(
     db_path: str | Path, cluster_key: str, *, budget: int = select.DEFAULT_BUDGET, run_id: str | None = None
 ) -> SelectStats:
     with connect(db_path) as conn:
-        members = run_sql(
-            conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key}
-        ).fetch_arrow_table()
+        members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key})
         membership = conn.execute("SELECT membership_hash FROM clusters WHERE cluster_key = ?", [cluster_key]).fetchone()
     if membership is None:
         raise KeyError(f"cluster {cluster_key!r} does not exist: materialize topic_clusters first")
@@ -280,7 +273,7 @@ def select_cluster(
             "selection_rank": pa.array(range(1, len(selection.indices) + 1), pa.int32()),
             "marginal_gain": pa.array(selection.gains, pa.float64()),
         })
-        _record_partition_input(conn, "selected_subset", cluster_key, membership[0], run_id)
+        record_partition_input(conn, "selected_subset", cluster_key, membership[0], run_id)
     return SelectStats(cluster_key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
 
 
@@ -305,9 +298,7 @@ def pair_cluster(
     run_id: str | None = None,
 ) -> PairStats:
     with connect(db_path) as conn:
-        selected = run_sql(
-            conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key}
-        ).fetch_arrow_table()
+        selected = fetch_table(conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key})
     source_ids = selected.column("source_id").to_pylist()
     similarity = pairing.cosine_similarity_matrix(_matrix(selected))
     groups = pairing.similarity_groups(similarity, threshold, max_group_size)
@@ -326,7 +317,7 @@ def pair_cluster(
             "similarity": pa.array([r[3] for r in rows], pa.float64()),
         })
         input_hash = stable_hash([sorted(source_ids), threshold, max_group_size])
-        _record_partition_input(conn, "merge_pairs", cluster_key, input_hash, run_id)
+        record_partition_input(conn, "merge_pairs", cluster_key, input_hash, run_id)
     sims = [r[3] for r in rows]
     return PairStats(cluster_key, len(source_ids), len(groups), len(rows), float(np.mean(sims)) if sims else None)
 
@@ -404,90 +395,3 @@ def summarize(db_path: str | Path) -> RunSummary:
         final_rows=counts[3], db_path=str(Path(db_path).resolve()),
     )
 
-
-# --- merged_samples ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MergeStats:
-    clusters: int
-    groups: int
-    merged: int
-    failed: int
-    rejected_by_quality: int
-    cache_hits: int
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-
-
-def load_merge_groups(db_path: str | Path, cluster_keys: Sequence[str]) -> list[MergeGroup]:
-    groups: list[MergeGroup] = []
-    with connect(db_path) as conn:
-        for cluster_key in cluster_keys:
-            rows = run_sql(conn, "pipeline/merge_groups.sql", {"cluster_key": cluster_key}).fetchall()
-            members: dict[str, list[Sample]] = {}
-            for gid, _source_id, instruction, input_, output in rows:
-                members.setdefault(gid, []).append(Sample(instruction, input_, output))
-            groups += [MergeGroup(gid, cluster_key, tuple(samples)) for gid, samples in members.items()]
-    return groups
-
-
-def merge_clusters(
-    db_path: str | Path,
-    cluster_keys: Sequence[str],
-    backend: ChatBackend,
-    config: LLMConfig,
-    *,
-    scorer: Scorer | None = None,
-    run_id: str | None = None,
-) -> MergeStats:
-    """Merge every group of the given clusters in one pool of concurrent requests, then replace
-    each cluster's merged_samples rows. Answers are cached as they arrive, so a rerun after a
-    crash only asks for what is missing."""
-    groups = load_merge_groups(db_path, cluster_keys)
-    report = run_merges(groups, backend, DuckDBResponseCache(db_path), config, scorer=scorer)
-    outcomes = {outcome.group_id: outcome for outcome in report.outcomes}
-    sampling = json.dumps(config.sampling_params(), sort_keys=True)
-    now = _now()
-    with connect(db_path) as conn, transaction(conn):
-        for cluster_key in cluster_keys:
-            conn.execute("DELETE FROM merged_samples WHERE cluster_key = ?", [cluster_key])
-        rows = [(group, outcomes[group.group_id]) for group in groups]
-        insert_columns(conn, "merged_samples", {
-            "group_id": [g.group_id for g, _ in rows],
-            "cluster_key": [g.cluster_key for g, _ in rows],
-            "status": [o.status for _, o in rows],
-            "instruction": pa.array([o.sample.instruction if o.sample else None for _, o in rows], pa.string()),
-            "input": pa.array([o.sample.input if o.sample else None for _, o in rows], pa.string()),
-            "output": pa.array([o.sample.output if o.sample else None for _, o in rows], pa.string()),
-            "model": [backend.model] * len(rows),
-            "backend": [backend.backend] * len(rows),
-            "prompt_version": [PROMPT_VERSION] * len(rows),
-            "sampling_params": [sampling] * len(rows),
-            "quality_score": pa.array([o.quality_score for _, o in rows], pa.float64()),
-            "sources_mean_score": pa.array([o.sources_mean_score for _, o in rows], pa.float64()),
-            "error": pa.array([o.error for _, o in rows], pa.string()),
-            "cache_key": [o.cache_key for _, o in rows],
-            "run_id": pa.array([run_id] * len(rows), pa.string()),
-            "partition_key": [g.cluster_key for g, _ in rows],
-            "created_at": pa.array([now] * len(rows), pa.timestamp("us")),
-        })
-        for cluster_key in cluster_keys:
-            member_ids = sorted(g.group_id for g in groups if g.cluster_key == cluster_key)
-            input_hash = stable_hash([member_ids, backend.model, PROMPT_VERSION, config.sampling_params()])
-            _record_partition_input(conn, "merged_samples", cluster_key, input_hash, run_id)
-    by_status = {status: sum(o.status == status for o in report.outcomes) for status in ("merged", "failed", "rejected_by_quality")}
-    return MergeStats(
-        clusters=len(cluster_keys),
-        groups=len(groups),
-        merged=by_status["merged"],
-        failed=by_status["failed"],
-        rejected_by_quality=by_status["rejected_by_quality"],
-        cache_hits=report.cache_hits,
-        requests=report.requests,
-        prompt_tokens=report.prompt_tokens,
-        completion_tokens=report.completion_tokens,
-        seconds=report.wall_s,
-    )

@@ -54,6 +54,13 @@ def run_sql(conn: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, obj
     return result
 
 
+def fetch_table(conn: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, object] | None = None) -> pa.Table:
+    """The result of the single query in ``sql/<name>`` as an Arrow table."""
+    [statement] = sql_statements(name)
+    wanted = set(_PARAMETER.findall(statement))
+    return conn.sql(statement, params={key: params[key] for key in wanted} if wanted else None).to_arrow_table()
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(read_sql("schema.sql"))
     conn.execute(read_sql("views.sql"))

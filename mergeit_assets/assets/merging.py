@@ -8,7 +8,7 @@ import dagster as dg
 from mergeit_assets.assets.selection import PER_CLUSTER_BACKFILL, merge_pairs, selected_subset, topic_clusters
 from mergeit_assets.partitions import clusters_partitions
 from mergeit_assets.resources import LLMResource, MergeitDuckDB
-from mergeit_core import stages
+from mergeit_core import merge_stage, stages
 from mergeit_core.merge.cache import DuckDBResponseCache
 from mergeit_core.merge.clients import open_backend
 from mergeit_core.merge.quality import LLMJudgeScorer
@@ -28,7 +28,7 @@ def merged_samples(
     config = llm.to_config()
     with open_backend(config) as backend:
         scorer = LLMJudgeScorer(backend, DuckDBResponseCache(duckdb.database)) if llm.quality_gate else None
-        stats = stages.merge_clusters(
+        stats = merge_stage.merge_clusters(
             duckdb.database, context.partition_keys, backend, config, scorer=scorer, run_id=context.run.run_id
         )
     context.log.info(

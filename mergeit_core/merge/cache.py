@@ -1,0 +1,108 @@
+"""The LLM answer cache in DuckDB's ``llm_cache`` table.
+
+Every answer is written the moment it arrives, in its own short connection, so a run that dies
+midway keeps what it paid for. No connection is ever held while a model is being asked.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from mergeit_core.records import Sample, stable_hash
+from mergeit_core.store import connect
+
+CachePurpose = Literal["merge", "score"]
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    response: str
+    valid: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def merge_cache_key(
+    model: str,
+    prompt_version: str,
+    sampling_params: Mapping[str, object],
+    sources: Sequence[Sample],
+    *,
+    attempt: int = 0,
+) -> str:
+    """Source order is part of the key because it is part of the prompt. ``attempt`` separates
+    the re-merges a quality check asks for."""
+    payload = {
+        "purpose": "merge",
+        "model": model,
+        "prompt_version": prompt_version,
+        "sampling": dict(sampling_params),
+        "sources": [source.as_dict() for source in sources],
+        "attempt": attempt,
+    }
+    return stable_hash(payload, length=64)
+
+
+def score_cache_key(
+    model: str, prompt_version: str, sampling_params: Mapping[str, object], sample: Sample
+) -> str:
+    payload = {
+        "purpose": "score",
+        "model": model,
+        "prompt_version": prompt_version,
+        "sampling": dict(sampling_params),
+        "sample": sample.as_dict(),
+    }
+    return stable_hash(payload, length=64)
+
+
+class DuckDBResponseCache:
+    """Thread-safe: connections are serialised within the process, because two connections
+    bootstrapping the schema at once conflict on DuckDB's catalog. Across processes
+    ``store.connect`` waits for the file lock."""
+
+    def __init__(self, db_path: str | Path) -> None:
+        self.db_path = Path(db_path)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DuckDBResponseCache({str(self.db_path)!r})"
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedResponse]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        with self._lock, connect(self.db_path) as conn:
+            rows = conn.execute(
+                "SELECT cache_key, response, valid, prompt_tokens, completion_tokens "
+                "FROM llm_cache WHERE cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
+                [wanted],
+            ).fetchall()
+        return {key: CachedResponse(response, valid, prompt, completion) for key, response, valid, prompt, completion in rows}
+
+    def put(
+        self,
+        key: str,
+        purpose: CachePurpose,
+        model: str,
+        prompt_version: str,
+        valid: bool,
+        response: str,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> None:
+        with self._lock, connect(self.db_path) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, "
+                "response, prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [key, purpose, model, prompt_version, valid, response, prompt_tokens, completion_tokens, _utc_now()],
+            )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)  # TIMESTAMP columns hold naive UTC
