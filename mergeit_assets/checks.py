@@ -1,7 +1,5 @@
 """Asset checks: the accounting and lineage invariants, as SQL over the DuckDB file."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from mergeit_assets.assets.merging import merged_dataset
@@ -13,7 +11,7 @@ from mergeit_core.store import run_sql
 
 def _violations(duckdb: MergeitDuckDB, check: str, params: dict | None = None) -> int:
     with duckdb.get_connection() as conn:
-        return int(run_sql(conn, f"checks/{check}.sql", params).fetchone()[0])
+        return int(run_sql(conn, f"checks/{check}.sql", params).fetchall()[0][0])
 
 
 def _result(counts: dict[str, int]) -> dg.AssetCheckResult:

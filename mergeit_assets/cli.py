@@ -86,10 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     with connect(args.db) as conn:
-        sample = conn.execute(
+        [sample] = conn.execute(
             "SELECT sample_id, origin, cluster_key, instruction, input, output FROM merged_dataset WHERE sample_id = ?",
             [args.sample_id],
-        ).fetchone()
+        ).fetchall() or [None]
         if sample is None:
             print(f"no sample {args.sample_id!r} in {args.db}", file=sys.stderr)
             return 1

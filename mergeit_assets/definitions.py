@@ -2,12 +2,13 @@
 
 import dagster as dg
 
-from mergeit_assets.assets import merging, selection
-from mergeit_assets.checks import every_row_embedded, lineage_complete, source_rows_accounted
+from mergeit_assets.pipeline import ALL_ASSETS, ALL_CHECKS
 from mergeit_assets.resources import default_resources
+from mergeit_assets.sensors import source_files_sensor, stale_clusters_sensor
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([selection, merging]),
-    asset_checks=[source_rows_accounted, every_row_embedded, lineage_complete],
+    assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
+    sensors=[source_files_sensor, stale_clusters_sensor],
     resources=default_resources(),
 )

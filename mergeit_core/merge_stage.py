@@ -15,8 +15,8 @@ from mergeit_core.merge.clients import ChatBackend, LLMConfig
 from mergeit_core.merge.engine import MergeGroup, run_merges
 from mergeit_core.merge.prompt import PROMPT_VERSION
 from mergeit_core.merge.quality import Scorer
-from mergeit_core.records import Sample, stable_hash
-from mergeit_core.stages import now_utc, record_partition_input
+from mergeit_core.records import Sample
+from mergeit_core.stages import now_utc, record_partition_membership
 from mergeit_core.store import connect, insert_columns, run_sql, transaction
 
 
@@ -87,9 +87,7 @@ def merge_clusters(
             "created_at": pa.array([now] * len(rows), pa.timestamp("us")),
         })
         for cluster_key in cluster_keys:
-            member_ids = sorted(g.group_id for g in groups if g.cluster_key == cluster_key)
-            input_hash = stable_hash([member_ids, backend.model, PROMPT_VERSION, config.sampling_params()])
-            record_partition_input(conn, "merged_samples", cluster_key, input_hash, run_id)
+            record_partition_membership(conn, "merged_samples", cluster_key, run_id)
     by_status = {status: sum(o.status == status for o in report.outcomes) for status in ("merged", "failed", "rejected_by_quality")}
     return MergeStats(
         clusters=len(cluster_keys),

@@ -21,7 +21,7 @@ import pyarrow as pa
 from mergeit_core import cluster as clustering
 from mergeit_core import embed, pairing, select
 from mergeit_core.ingest import IngestResult, ingest_sources
-from mergeit_core.records import Sample, group_id, stable_hash
+from mergeit_core.records import Sample, group_id
 from mergeit_core.store import connect, embedding_array, fetch_table, insert_columns, run_sql, transaction
 
 
@@ -37,10 +37,12 @@ def _matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1).astype(np.float32)
 
 
-def record_partition_input(conn, asset_name: str, cluster_key: str, input_hash: str, run_id: str | None) -> None:
+def record_partition_membership(conn, asset_name: str, cluster_key: str, run_id: str | None) -> None:
+    """Note which membership of the cluster this asset's partition was computed from."""
     conn.execute("DELETE FROM partition_inputs WHERE asset_name = ? AND cluster_key = ?", [asset_name, cluster_key])
     conn.execute(
-        "INSERT INTO partition_inputs VALUES (?, ?, ?, ?, ?)", [asset_name, cluster_key, input_hash, run_id, now_utc()]
+        "INSERT INTO partition_inputs SELECT ?, cluster_key, membership_hash, ?, ? FROM clusters WHERE cluster_key = ?",
+        [asset_name, run_id, now_utc(), cluster_key],
     )
 
 
@@ -100,9 +102,9 @@ def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestSt
             "duplicate": pa.array([f.duplicate for f in result.files], pa.int32()),
             "ingested_at": pa.array([now] * len(result.files), pa.timestamp("us")),
         })
-        samples_before = conn.execute("SELECT count(*) FROM merged_dataset").fetchone()[0]
+        samples_before = conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0]
         run_sql(conn, "pipeline/retire_missing_sources.sql")
-        retired = samples_before - conn.execute("SELECT count(*) FROM merged_dataset").fetchone()[0]
+        retired = samples_before - conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0]
     stats = IngestStats(
         files=len(result.files),
         rows_read=sum(f.rows_read for f in result.files),
@@ -130,7 +132,7 @@ def embed_missing(db_path: str | Path, *, batch_size: int = 64, chunk_size: int 
     started = time.perf_counter()
     with connect(db_path) as conn:
         pending = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": embed.MODEL_NAME}).fetchall()
-        total = conn.execute("SELECT count(*) FROM source_instructions").fetchone()[0]
+        total = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
     for start in range(0, len(pending), chunk_size):
         chunk = pending[start:start + chunk_size]
         texts = [Sample(instruction, input_, "").embedding_text for _, instruction, input_ in chunk]
@@ -168,7 +170,7 @@ def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) 
         missing = conn.execute(
             "SELECT count(*) FROM source_instructions s ANTI JOIN instruction_embeddings e "
             "ON e.source_id = s.source_id AND e.model = ?", [embed.MODEL_NAME]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         previous = fetch_table(conn, "pipeline/previous_clusters.sql")
     if missing:
         raise RuntimeError(f"{missing} source rows have no embedding yet: materialize instruction_embeddings first")
@@ -219,23 +221,20 @@ def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) 
     )
 
 
-_PER_CLUSTER_TABLES = ("selected_subset", "merge_pairs", "merged_samples")
-
-
 def _delete_cluster_rows(conn, cluster_key: str) -> None:
-    for table in _PER_CLUSTER_TABLES:
+    for table in PER_CLUSTER_ASSETS:
         conn.execute(f"DELETE FROM {table} WHERE cluster_key = ?", [cluster_key])
     conn.execute("DELETE FROM partition_inputs WHERE cluster_key = ?", [cluster_key])
 
 
+PER_CLUSTER_ASSETS = ("selected_subset", "merge_pairs", "merged_samples")
+
+
 def stale_partitions(db_path: str | Path) -> list[str]:
-    """Live clusters whose selection was computed from another membership (or never)."""
+    """Live clusters where some per-cluster asset was computed from another membership, or
+    never computed (a failed run stays stale until it succeeds)."""
     with connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT c.cluster_key FROM clusters c LEFT JOIN partition_inputs p "
-            "ON p.cluster_key = c.cluster_key AND p.asset_name = 'selected_subset' "
-            "WHERE p.input_hash IS DISTINCT FROM c.membership_hash ORDER BY c.cluster_key"
-        ).fetchall()
+        rows = run_sql(conn, "pipeline/stale_partitions.sql", {"assets": list(PER_CLUSTER_ASSETS)}).fetchall()
     return [key for (key,) in rows]
 
 
@@ -260,8 +259,8 @@ def select_cluster(
 ) -> SelectStats:
     with connect(db_path) as conn:
         members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key})
-        membership = conn.execute("SELECT membership_hash FROM clusters WHERE cluster_key = ?", [cluster_key]).fetchone()
-    if membership is None:
+        exists = conn.execute("SELECT count(*) FROM clusters WHERE cluster_key = ?", [cluster_key]).fetchall()[0][0]
+    if not exists:
         raise KeyError(f"cluster {cluster_key!r} does not exist: materialize topic_clusters first")
     source_ids = members.column("source_id").to_pylist()
     selection = select.select_facility_location(_matrix(members), budget)
@@ -273,7 +272,7 @@ def select_cluster(
             "selection_rank": pa.array(range(1, len(selection.indices) + 1), pa.int32()),
             "marginal_gain": pa.array(selection.gains, pa.float64()),
         })
-        record_partition_input(conn, "selected_subset", cluster_key, membership[0], run_id)
+        record_partition_membership(conn, "selected_subset", cluster_key, run_id)
     return SelectStats(cluster_key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
 
 
@@ -316,8 +315,7 @@ def pair_cluster(
             "member_index": pa.array([r[2] for r in rows], pa.int32()),
             "similarity": pa.array([r[3] for r in rows], pa.float64()),
         })
-        input_hash = stable_hash([sorted(source_ids), threshold, max_group_size])
-        record_partition_input(conn, "merge_pairs", cluster_key, input_hash, run_id)
+        record_partition_membership(conn, "merge_pairs", cluster_key, run_id)
     sims = [r[3] for r in rows]
     return PairStats(cluster_key, len(source_ids), len(groups), len(rows), float(np.mean(sims)) if sims else None)
 
@@ -337,7 +335,7 @@ def build_merged_dataset(db_path: str | Path, *, run_id: str | None = None) -> D
     with connect(db_path) as conn, transaction(conn):
         run_sql(conn, "pipeline/build_merged_dataset.sql", {"run_id": run_id})
         counts = dict(conn.execute("SELECT origin, count(*) FROM merged_dataset GROUP BY origin").fetchall())
-        source_rows = conn.execute("SELECT count(*) FROM source_instructions").fetchone()[0]
+        source_rows = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
     merged, selected_rows = counts.get("merged", 0), counts.get("selected", 0)
     return DatasetStats(merged + selected_rows, merged, selected_rows, source_rows)
 
@@ -381,11 +379,11 @@ def summarize(db_path: str | Path) -> RunSummary:
         files = conn.execute(
             "SELECT coalesce(sum(rows_read),0), coalesce(sum(accepted),0), coalesce(sum(rejected),0), "
             "coalesce(sum(duplicate),0) FROM source_files"
-        ).fetchone()
+        ).fetchall()[0]
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM clusters), (SELECT count(*) FROM selected_subset), "
             "(SELECT count(DISTINCT group_id) FROM merge_pairs), (SELECT count(*) FROM merged_dataset)"
-        ).fetchone()
+        ).fetchall()[0]
         statuses = dict(conn.execute("SELECT status, count(*) FROM merged_samples GROUP BY status").fetchall())
     return RunSummary(
         rows_read=int(files[0]), accepted=int(files[1]), rejected=int(files[2]), duplicate=int(files[3]),

@@ -78,11 +78,12 @@ CREATE TABLE IF NOT EXISTS merge_pairs (
     PRIMARY KEY (group_id, source_id)
 );
 
--- What each per-cluster asset last computed from: the sensor reruns partitions whose inputs moved.
+-- Which cluster membership each per-cluster asset partition was last computed from: partitions
+-- whose membership moved are rerun by the stale-clusters sensor.
 CREATE TABLE IF NOT EXISTS partition_inputs (
     asset_name     VARCHAR NOT NULL,
     cluster_key    VARCHAR NOT NULL,
-    input_hash     VARCHAR NOT NULL,
+    input_hash     VARCHAR NOT NULL,   -- the cluster membership_hash it was computed from
     run_id         VARCHAR,
     materialized_at TIMESTAMP NOT NULL,
     PRIMARY KEY (asset_name, cluster_key)

@@ -1,8 +1,6 @@
 """The merging half: each merge group becomes one richer sample written by an LLM, and the final
 training set is assembled with row-level lineage."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from mergeit_assets.assets.selection import PER_CLUSTER_BACKFILL, merge_pairs, selected_subset, topic_clusters

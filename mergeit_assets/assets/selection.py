@@ -1,8 +1,6 @@
 """The selection half: source rows -> embeddings -> topic clusters -> per-cluster selection and
 merge groups. Each asset reads its inputs, calls mergeit_core, writes DuckDB and reports."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME, clusters_partitions

@@ -1,0 +1,46 @@
+"""LLM merging of instruction groups (MergeIT step 2): prompts, backends, cache and engine."""
+
+from mergeit_core.merge.cache import CachedResponse, DuckDBResponseCache, merge_cache_key, score_cache_key
+from mergeit_core.merge.clients import (
+    ChatBackend,
+    ChatResponse,
+    LlamaCppServer,
+    LLMConfig,
+    LLMConfigurationError,
+    LLMError,
+    LLMRequestRejectedError,
+    LLMUnavailableError,
+    OpenAICompatibleBackend,
+    default_gguf_path,
+    open_backend,
+)
+from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
+from mergeit_core.merge.prompt import PROMPT_VERSION, SCORE_PROMPT_VERSION, InvalidMergeError
+from mergeit_core.merge.quality import LLMJudgeScorer, Scorer
+
+__all__ = [
+    "PROMPT_VERSION",
+    "SCORE_PROMPT_VERSION",
+    "CachedResponse",
+    "ChatBackend",
+    "ChatResponse",
+    "DuckDBResponseCache",
+    "InvalidMergeError",
+    "LLMConfig",
+    "LLMConfigurationError",
+    "LLMError",
+    "LLMJudgeScorer",
+    "LLMRequestRejectedError",
+    "LLMUnavailableError",
+    "LlamaCppServer",
+    "MergeGroup",
+    "MergeOutcome",
+    "MergeReport",
+    "OpenAICompatibleBackend",
+    "Scorer",
+    "default_gguf_path",
+    "merge_cache_key",
+    "open_backend",
+    "run_merges",
+    "score_cache_key",
+]

@@ -1,0 +1,250 @@
+"""Merge groups of similar samples with an LLM: cached, concurrent, re-asked when invalid and,
+with a scorer, kept only when the merge scores above its sources (MergeIT's quality check)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from mergeit_core.merge.asking import CachedAsker, Usage
+from mergeit_core.merge.cache import CachedResponse, DuckDBResponseCache, merge_cache_key
+from mergeit_core.merge.clients import BatchChatBackend, ChatBackend, LLMConfig, LLMError
+from mergeit_core.merge.prompt import (
+    MERGED_SAMPLE_SCHEMA,
+    PROMPT_VERSION,
+    InvalidResponseError,
+    Message,
+    build_merge_messages,
+    parse_merged_sample,
+)
+from mergeit_core.merge.quality import Scorer
+from mergeit_core.records import Sample
+
+MergeStatus = Literal["merged", "failed", "rejected_by_quality"]
+
+
+@dataclass(frozen=True)
+class MergeGroup:
+    group_id: str
+    cluster_key: str
+    members: tuple[Sample, ...]  # in prompt order: the order is part of the cache key
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2:
+            raise ValueError(f"group {self.group_id} has {len(self.members)} member(s); a merge needs 2+")
+
+
+@dataclass
+class MergeOutcome:
+    group_id: str
+    cluster_key: str
+    status: MergeStatus
+    sample: Sample | None  # rejected_by_quality: the best-scoring candidate, for inspection
+    error: str | None
+    cache_key: str  # the merge attempt the outcome rests on
+    cache_hit: bool  # no merge request was sent for this group in this run
+    requests: int  # merge requests sent, answered or not (scoring requests: scorer.usage)
+    prompt_tokens: int
+    completion_tokens: int
+    quality_score: float | None
+    sources_mean_score: float | None
+
+
+@dataclass
+class MergeReport:
+    outcomes: list[MergeOutcome]  # in the order the groups were given
+    requests: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_s: float
+    merged: int
+    failed: int
+    rejected_by_quality: int
+
+    @classmethod
+    def of(cls, outcomes: list[MergeOutcome], wall_s: float) -> MergeReport:
+        statuses = Counter(outcome.status for outcome in outcomes)
+        return cls(
+            outcomes=outcomes,
+            requests=sum(outcome.requests for outcome in outcomes),
+            cache_hits=sum(outcome.cache_hit for outcome in outcomes),
+            prompt_tokens=sum(outcome.prompt_tokens for outcome in outcomes),
+            completion_tokens=sum(outcome.completion_tokens for outcome in outcomes),
+            wall_s=wall_s,
+            merged=statuses["merged"],
+            failed=statuses["failed"],
+            rejected_by_quality=statuses["rejected_by_quality"],
+        )
+
+
+def run_merges(
+    groups: Iterable[MergeGroup],
+    backend: ChatBackend,
+    cache: DuckDBResponseCache,
+    config: LLMConfig,
+    *,
+    scorer: Scorer | None = None,
+    invalid_retries: int = 2,
+    quality_retries: int = 3,
+    on_outcome: Callable[[MergeOutcome], None] | None = None,
+) -> MergeReport:
+    """Merge every group; blocking (runs its own event loop, so call it outside one).
+
+    Answers are cached as they arrive and ``on_outcome`` sees each group as it finishes, so an
+    interrupted run loses only the requests in flight. An exception from ``on_outcome`` or a
+    configuration error (LLMConfigurationError) stops the run.
+    """
+    groups = list(groups)
+    duplicates = [group_id for group_id, n in Counter(g.group_id for g in groups).items() if n > 1]
+    if duplicates:
+        raise ValueError(f"duplicate group ids: {duplicates[:5]}")
+    if invalid_retries < 0 or quality_retries < 0:
+        raise ValueError("invalid_retries and quality_retries must be >= 0")
+    run = _MergeRun(backend, cache, config, scorer, invalid_retries, quality_retries)
+    started = time.perf_counter()
+    finished = asyncio.run(run.merge_all(groups, on_outcome))
+    by_id = {outcome.group_id: outcome for outcome in finished}
+    return MergeReport.of([by_id[group.group_id] for group in groups], time.perf_counter() - started)
+
+
+class _MergeRun:
+    def __init__(
+        self,
+        backend: ChatBackend,
+        cache: DuckDBResponseCache,
+        config: LLMConfig,
+        scorer: Scorer | None,
+        invalid_retries: int,
+        quality_retries: int,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.scorer = scorer
+        self.attempts = quality_retries + 1 if scorer is not None else 1
+        self.asker: CachedAsker[Sample] = CachedAsker(
+            backend,
+            cache,
+            purpose="merge",
+            prompt_version=PROMPT_VERSION,
+            schema=MERGED_SAMPLE_SCHEMA,
+            parse=parse_merged_sample,
+            asks=invalid_retries + 1,
+        )
+
+    def cache_key(self, group: MergeGroup, attempt: int) -> str:
+        return merge_cache_key(
+            self.backend.model, PROMPT_VERSION, self.config.sampling_params(), group.members, attempt=attempt
+        )
+
+    async def merge_all(
+        self, groups: list[MergeGroup], on_outcome: Callable[[MergeOutcome], None] | None
+    ) -> list[MergeOutcome]:
+        # Every first-attempt answer is looked up at once: cached groups then send nothing.
+        prefetched = await self.asker.lookup(self.cache_key(group, 0) for group in groups)
+        # An offline batch engine gets every pending group in one batch; a server gets at most
+        # `concurrency` groups in flight, and a group asks one question at a time, so requests
+        # in flight never exceed it either (scoring included).
+        batched = isinstance(self.backend, BatchChatBackend)
+        slots = asyncio.Semaphore(max(len(groups), 1) if batched else self.config.concurrency)
+        tasks = [asyncio.create_task(self._merge_group(group, prefetched, slots)) for group in groups]
+        outcomes: list[MergeOutcome] = []
+        try:
+            for next_finished in asyncio.as_completed(tasks):
+                outcome = await next_finished
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.backend.aclose()
+        return outcomes
+
+    async def _merge_group(
+        self, group: MergeGroup, prefetched: Mapping[str, CachedResponse], slots: asyncio.Semaphore
+    ) -> MergeOutcome:
+        async with slots:
+            return await _GroupMerge(self, group, prefetched).run()
+
+
+class _GroupMerge:
+    """One group's way through merge attempts and quality checks, with its usage tally."""
+
+    def __init__(self, run: _MergeRun, group: MergeGroup, prefetched: Mapping[str, CachedResponse]) -> None:
+        self._run = run
+        self._group = group
+        self._prefetched = prefetched
+        self._messages: list[Message] = build_merge_messages(group.members)
+        self._usage = Usage()
+
+    async def run(self) -> MergeOutcome:
+        best: tuple[float, Sample, str] | None = None
+        sources_mean: float | None = None
+        for attempt in range(self._run.attempts):
+            key = self._run.cache_key(self._group, attempt)
+            try:
+                answer = await self._run.asker.answer(key, self._messages, await self._cached(key, attempt), self._usage)
+            except LLMError as error:
+                return self._outcome("failed", key, error=f"{type(error).__name__}: {error}")
+            if answer.value is None:
+                return self._outcome("failed", key, error=answer.error)
+            scorer = self._run.scorer
+            if scorer is None:
+                return self._outcome("merged", key, sample=answer.value)
+            try:
+                score = await scorer.score(answer.value)
+                if sources_mean is None:
+                    sources_mean = statistics.fmean([await scorer.score(member) for member in self._group.members])
+            except (LLMError, InvalidResponseError) as error:
+                return self._outcome("failed", key, error=f"quality scoring failed: {error}")
+            if score > sources_mean:
+                return self._outcome("merged", key, sample=answer.value, score=score, sources_mean=sources_mean)
+            if best is None or score > best[0]:
+                best = (score, answer.value, key)
+        assert best is not None  # the loop runs at least once and returns unless it sets best
+        score, sample, key = best
+        return self._outcome(
+            "rejected_by_quality",
+            key,
+            sample=sample,
+            score=score,
+            sources_mean=sources_mean,
+            error=f"no merge in {self._run.attempts} attempt(s) scored above the sources' mean",
+        )
+
+    async def _cached(self, key: str, attempt: int) -> CachedResponse | None:
+        if attempt == 0:
+            return self._prefetched.get(key)
+        return (await self._run.asker.lookup([key])).get(key)
+
+    def _outcome(
+        self,
+        status: MergeStatus,
+        key: str,
+        *,
+        sample: Sample | None = None,
+        error: str | None = None,
+        score: float | None = None,
+        sources_mean: float | None = None,
+    ) -> MergeOutcome:
+        return MergeOutcome(
+            group_id=self._group.group_id,
+            cluster_key=self._group.cluster_key,
+            status=status,
+            sample=sample,
+            error=error,
+            cache_key=key,
+            cache_hit=self._usage.requests == 0,
+            requests=self._usage.requests,
+            prompt_tokens=self._usage.prompt_tokens,
+            completion_tokens=self._usage.completion_tokens,
+            quality_score=score,
+            sources_mean_score=sources_mean,
+        )
