@@ -58,7 +58,7 @@ def last_user_message(body: dict[str, Any]) -> str:
 class RecordedRequest:
     path: str
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     arrived_at: float
 
 
@@ -76,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         owner = self.server.owner
-        action = owner._begin(self.path, body, dict(self.headers.items()))
+        action = owner._begin(self.path, body, {name.lower(): value for name, value in self.headers.items()})
         try:
             if action.delay_s and owner._stopping.wait(action.delay_s):
                 return  # shutting down: drop the request
@@ -164,7 +164,9 @@ class ScriptedServer:
 
     def __enter__(self) -> Self:
         self._httpd = _OwnedHTTPServer(self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="scripted-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="scripted-llm", daemon=True
+        )
         self._thread.start()
         return self
 

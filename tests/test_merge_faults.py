@@ -1,0 +1,347 @@
+"""The OpenAI-compatible path under injected faults, against a scripted local server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import pytest
+from llm_support import Fail, Reply, ScriptedServer, in_order, last_user_message, merge_json, sample
+
+from mergeit_core.merge.cache import DuckDBResponseCache
+from mergeit_core.merge.clients import LLMConfig, LLMConfigurationError, open_backend
+from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
+from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA
+
+KEY_ENV = "MERGEIT_TEST_LLM_KEY"
+SECRET = "sk-test-7f3a9c1e-SECRET"
+VALID = Reply(merge_json("Merged task", "", "Merged answer"))
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> DuckDBResponseCache:
+    return DuckDBResponseCache(tmp_path / "mergeit.duckdb")
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(in_order(then=VALID)) as running:
+        yield running
+
+
+def config_for(server: ScriptedServer, **overrides: object) -> LLMConfig:
+    base = LLMConfig(
+        backend="openai",
+        model="scripted-model",
+        base_url=server.base_url,
+        api_key_env=KEY_ENV,
+        max_tokens=64,
+        concurrency=4,
+        request_timeout_s=5.0,
+        max_retries=2,
+        total_timeout_s=20.0,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def groups(count: int, prefix: str = "g") -> list[MergeGroup]:
+    return [
+        MergeGroup(f"{prefix}{i}", "cluster-0", (sample(f"{prefix}{i}", 1), sample(f"{prefix}{i}", 2)))
+        for i in range(count)
+    ]
+
+
+def merge(
+    server: ScriptedServer, cache: DuckDBResponseCache, batch: list[MergeGroup], **run_options: object
+) -> MergeReport:
+    config = config_for(server, **run_options.pop("config", {}))  # type: ignore[arg-type]
+    with open_backend(config) as backend:
+        return run_merges(batch, backend, cache, config, **run_options)  # type: ignore[arg-type]
+
+
+def cache_rows(cache: DuckDBResponseCache) -> list[tuple[str, bool]]:
+    with duckdb.connect(str(cache.db_path), read_only=True) as conn:
+        return conn.execute("SELECT purpose, valid FROM llm_cache ORDER BY cache_key").fetchall()
+
+
+# --- what goes over the wire ---------------------------------------------------------------------
+
+
+def test_openai_backend_sends_json_schema_response_format(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    report = merge(server, cache, groups(1))
+
+    assert report.merged == 1
+    body = server.requests[0].body
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": MERGED_SAMPLE_SCHEMA, "strict": True},
+    }
+    assert (body["model"], body["temperature"], body["max_tokens"]) == ("scripted-model", 0.25, 64)
+    assert "Instruction 1 of group g0" in last_user_message(body)
+
+
+def test_llama_cpp_form_sends_the_schema_inside_json_object(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    merge(server, cache, groups(1), config={"structured_output": "json_object_schema"})
+
+    assert server.requests[0].body["response_format"] == {"type": "json_object", "schema": MERGED_SAMPLE_SCHEMA}
+
+
+def test_api_key_is_sent_but_never_stored_or_shown(
+    server: ScriptedServer, cache: DuckDBResponseCache, tmp_path: Path
+) -> None:
+    report = merge(server, cache, groups(2))
+
+    assert report.merged == 2
+    assert {request.headers["authorization"] for request in server.requests} == {f"Bearer {SECRET}"}
+    config = config_for(server)
+    assert SECRET not in repr(config) and KEY_ENV in repr(config)
+    with open_backend(config) as backend:
+        assert SECRET not in repr(backend)
+    assert SECRET not in repr(report)
+    stored = b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.is_file())
+    assert stored and SECRET.encode() not in stored
+
+
+def test_missing_api_key_stops_the_run_before_any_request(
+    server: ScriptedServer, cache: DuckDBResponseCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV)
+
+    with pytest.raises(LLMConfigurationError, match=KEY_ENV):
+        merge(server, cache, groups(2))
+    assert server.request_count == 0
+
+
+# --- transport faults: the client's retries ----------------------------------------------------
+
+
+def test_429_is_retried_after_the_delay_the_server_asks_for(
+    server: ScriptedServer, cache: DuckDBResponseCache
+) -> None:
+    server.script = in_order(Fail(429, retry_after="1"), then=VALID)
+
+    report = merge(server, cache, groups(1))
+
+    assert report.merged == 1 and server.request_count == 2
+    gap = server.requests[1].arrived_at - server.requests[0].arrived_at
+    # The client's own backoff would wait at most 0.5 s before a first retry.
+    assert gap >= 0.95
+
+
+def test_5xx_then_success_merges(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    server.script = in_order(Fail(500), Fail(503), then=VALID)
+
+    report = merge(server, cache, groups(1), config={"max_retries": 3})
+
+    assert report.merged == 1
+    assert server.request_count == 3
+    assert report.outcomes[0].requests == 1  # transport retries are the client's, not re-asks
+
+
+def test_persistent_500_fails_in_bounded_time_and_is_not_cached(
+    server: ScriptedServer, cache: DuckDBResponseCache
+) -> None:
+    server.script = in_order(then=Fail(500))
+
+    started = time.monotonic()
+    report = merge(server, cache, groups(1), config={"max_retries": 2})
+
+    assert time.monotonic() - started < 6
+    outcome = report.outcomes[0]
+    assert outcome.status == "failed" and outcome.sample is None
+    assert "LLMUnavailableError" in (outcome.error or "") and "500" in (outcome.error or "")
+    assert server.request_count == 3  # the first try and two retries
+    assert cache_rows(cache) == []
+    merge(server, cache, groups(1), config={"max_retries": 0})
+    assert server.request_count == 4  # asked again: an outage is not an answer
+
+
+def test_slow_answers_time_out_and_fail(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    server.script = in_order(then=Reply(merge_json(), delay_s=30))
+
+    started = time.monotonic()
+    report = merge(server, cache, groups(2), config={"request_timeout_s": 0.3, "max_retries": 1})
+
+    assert time.monotonic() - started < 4
+    assert [outcome.status for outcome in report.outcomes] == ["failed", "failed"]
+    assert all("APITimeoutError" in (outcome.error or "") for outcome in report.outcomes)
+    assert server.request_count == 4
+
+
+def test_total_timeout_bounds_a_request_and_its_retries(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    server.script = in_order(then=Reply(merge_json(), delay_s=30))
+
+    started = time.monotonic()
+    report = merge(
+        server, cache, groups(1), config={"request_timeout_s": 0.4, "max_retries": 10, "total_timeout_s": 1.0}
+    )
+
+    assert time.monotonic() - started < 2.5
+    assert report.outcomes[0].status == "failed"
+    assert "within 1.0s" in (report.outcomes[0].error or "")
+
+
+def test_authentication_failure_stops_the_run(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    server.script = in_order(then=Fail(401))
+
+    with pytest.raises(LLMConfigurationError, match="401"):
+        merge(server, cache, groups(3), config={"concurrency": 1})
+    # Not all three: the run stops (the next group may have got its slot meanwhile).
+    assert server.request_count <= 2
+
+
+def test_a_rejected_request_fails_only_its_group(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    server.script = lambda index, body: Fail(400) if "group g1" in last_user_message(body) else VALID
+
+    report = merge(server, cache, groups(3))
+
+    assert [outcome.status for outcome in report.outcomes] == ["merged", "failed", "merged"]
+    assert "LLMRequestRejectedError" in (report.outcomes[1].error or "")
+    assert server.request_count == 3  # a 400 is not retried
+
+
+# --- invalid content: our re-asks ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("Sure! Here is the merged sample: instruction ...", "invalid JSON"),
+        ('{"instruction": "Merged task", "output": "Merged answer"}', "missing field(s): input"),
+        ('{"instruction": "Merged task", "input": "", "output": ["a"]}', "not a string"),
+        ('{"instruction": "  ", "input": "", "output": "Merged answer"}', "'instruction' is empty"),
+    ],
+)
+def test_invalid_answers_are_reasked_then_fail_and_are_cached(
+    server: ScriptedServer, cache: DuckDBResponseCache, content: str, reason: str
+) -> None:
+    server.script = lambda index, body: Reply(content) if "group g1" in last_user_message(body) else VALID
+    batch = groups(3)
+
+    report = merge(server, cache, batch, invalid_retries=2)
+
+    bad = report.outcomes[1]
+    assert (bad.group_id, bad.status, bad.sample) == ("g1", "failed", None)
+    assert reason in (bad.error or "") and "after 3 asks" in (bad.error or "")
+    assert bad.requests == 3
+    assert [outcome.status for outcome in report.outcomes] == ["merged", "failed", "merged"]
+    assert server.request_count == 5
+    assert sorted(cache_rows(cache)) == [("merge", False), ("merge", True), ("merge", True)]
+
+    rerun = merge(server, cache, batch, invalid_retries=2)
+
+    assert server.request_count == 5  # the cached invalid answer is not paid for twice
+    assert rerun.outcomes[1].status == "failed" and rerun.outcomes[1].cache_hit
+    assert rerun.outcomes[0].sample == report.outcomes[0].sample
+
+
+def test_an_invalid_answer_then_a_valid_one_merges(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    server.script = in_order(Reply('{"instruction": "x", "output": "y"}'), then=VALID)
+
+    report = merge(server, cache, groups(1), invalid_retries=2)
+
+    outcome = report.outcomes[0]
+    assert outcome.status == "merged" and outcome.requests == 2
+    assert outcome.sample is not None and outcome.sample.output == "Merged answer"
+    assert (outcome.prompt_tokens, outcome.completion_tokens) == (22, 14)
+    assert cache_rows(cache) == [("merge", True)]
+
+
+# --- concurrency -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_requests_in_flight_reach_but_never_exceed_the_limit(
+    server: ScriptedServer, cache: DuckDBResponseCache, concurrency: int
+) -> None:
+    server.script = in_order(then=Reply(merge_json(), delay_s=0.15))
+
+    report = merge(server, cache, groups(8), config={"concurrency": concurrency})
+
+    assert report.merged == 8
+    assert server.max_in_flight == concurrency
+
+
+# --- the cache across runs -----------------------------------------------------------------------
+
+
+def test_a_second_run_sends_no_request(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+    batch = groups(5)
+    first = merge(server, cache, batch)
+    assert server.request_count == 5
+
+    second = merge(server, cache, batch)
+
+    assert server.request_count == 5
+    assert second.requests == 0 and second.cache_hits == 5
+    assert [outcome.sample for outcome in second.outcomes] == [outcome.sample for outcome in first.outcomes]
+    assert [outcome.cache_key for outcome in second.outcomes] == [outcome.cache_key for outcome in first.outcomes]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_with_only_the_remainder(
+    server: ScriptedServer, cache: DuckDBResponseCache
+) -> None:
+    server.script = in_order(then=Reply(merge_json(), delay_s=0.1))
+    seen: list[MergeOutcome] = []
+
+    def stop_after_two(outcome: MergeOutcome) -> None:
+        seen.append(outcome)
+        if len(seen) == 2:
+            raise Interrupted
+
+    batch = groups(6)
+    with pytest.raises(Interrupted):
+        merge(server, cache, batch, on_outcome=stop_after_two, config={"concurrency": 1})
+    assert len(cache_rows(cache)) == 2
+    before = server.request_count
+
+    report = merge(server, cache, batch, config={"concurrency": 1})
+
+    assert report.merged == 6 and report.cache_hits == 2
+    assert server.request_count - before == 4
+
+
+def test_after_the_server_stops_answering_a_rerun_asks_only_for_what_is_missing(
+    server: ScriptedServer, cache: DuckDBResponseCache
+) -> None:
+    server.script = in_order(VALID, VALID, then=Reply(merge_json(), delay_s=30))
+    batch = groups(5)
+
+    first = merge(server, cache, batch, config={"concurrency": 1, "request_timeout_s": 0.3, "max_retries": 0})
+
+    assert [outcome.status for outcome in first.outcomes].count("merged") == 2
+    assert first.failed == 3
+    server.script = in_order(then=VALID)
+    before = server.request_count
+
+    second = merge(server, cache, batch)
+
+    assert second.merged == 5
+    assert server.request_count - before == 3
+
+
+def test_outcomes_are_reported_as_they_finish_and_listed_in_input_order(
+    server: ScriptedServer, cache: DuckDBResponseCache
+) -> None:
+    # The first group answers last: completion order differs from input order.
+    server.script = lambda index, body: Reply(
+        merge_json(), delay_s=0.5 if "group g0" in last_user_message(body) else 0.0
+    )
+    finished: list[str] = []
+
+    report = merge(server, cache, groups(3), on_outcome=lambda outcome: finished.append(outcome.group_id))
+
+    assert finished[-1] == "g0"
+    assert [outcome.group_id for outcome in report.outcomes] == ["g0", "g1", "g2"]

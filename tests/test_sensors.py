@@ -1,0 +1,100 @@
+"""The source sensor on a real instance: new, touched, rewritten, half-written and deleted files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mergeit_assets.resources import PipelineSettings
+from mergeit_assets.sensors import CHANGED_FILES_TAG, UPSTREAM_SELECTION, source_files_sensor
+from tests.conftest import bundled_rows, write_jsonl
+
+
+def settled(path: Path, age_s: float = 120) -> Path:
+    """Give a finished file an mtime in the past, as a file written a while ago has."""
+    past = time.time() - age_s
+    os.utime(path, (past, past))
+    return path
+
+
+def tick(instance: dg.DagsterInstance, folder: Path, cursor: str | None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"pipeline": PipelineSettings(sources=[str(folder)])}
+    )
+    result = source_files_sensor(context)
+    return result, context.cursor
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_new_touched_rewritten_and_deleted_files(instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    folder = tmp_path / "watched"
+    rows = bundled_rows()
+    first = settled(write_jsonl(folder / "a.jsonl", rows[:10]))
+
+    request, cursor = tick(instance, folder, None)
+    assert isinstance(request, dg.RunRequest)
+    assert request.asset_selection == UPSTREAM_SELECTION
+    assert "added a.jsonl" in request.tags[CHANGED_FILES_TAG]
+
+    skip, cursor = tick(instance, folder, cursor)
+    assert isinstance(skip, dg.SkipReason)
+
+    # Touched: a new mtime, the same bytes -> nothing to do.
+    os.utime(first, (time.time() - 60, time.time() - 60))
+    skip, cursor = tick(instance, folder, cursor)
+    assert isinstance(skip, dg.SkipReason) and "no new or changed" in skip.skip_message
+
+    # Rewritten with other content -> a run, with a new run key.
+    settled(write_jsonl(first, rows[:12]))
+    rewritten, cursor = tick(instance, folder, cursor)
+    assert isinstance(rewritten, dg.RunRequest)
+    assert rewritten.run_key != request.run_key
+    assert "modified a.jsonl" in rewritten.tags[CHANGED_FILES_TAG]
+
+    first.unlink()
+    deleted, cursor = tick(instance, folder, cursor)
+    assert isinstance(deleted, dg.RunRequest) and "deleted a.jsonl" in deleted.tags[CHANGED_FILES_TAG]
+    assert json.loads(cursor)["files"] == {}
+
+
+def test_file_still_being_written_is_not_read_until_it_settles(instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    folder = tmp_path / "watched"
+    rows = bundled_rows()
+    _, cursor = tick(instance, settled(write_jsonl(folder / "old.jsonl", rows[:5])).parent, None)
+
+    growing = folder / "new.jsonl"
+    write_jsonl(growing, rows[5:8])  # mtime is now: a writer may still be appending
+    waiting, cursor = tick(instance, folder, cursor)
+    assert isinstance(waiting, dg.SkipReason) and "settle" in waiting.skip_message
+
+    with growing.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(rows[8]) + "\n")
+    still_waiting, cursor = tick(instance, folder, cursor)
+    assert isinstance(still_waiting, dg.SkipReason) and "new.jsonl" in still_waiting.skip_message
+
+    # Same size and mtime as the previous tick: the writer is done.
+    request, cursor = tick(instance, folder, cursor)
+    assert isinstance(request, dg.RunRequest) and "added new.jsonl" in request.tags[CHANGED_FILES_TAG]
+
+    # Files under a temporary name are never read; the rename makes them visible.
+    settled(write_jsonl(folder / "next.jsonl.partial", rows[9:12]))
+    skip, cursor = tick(instance, folder, cursor)
+    assert isinstance(skip, dg.SkipReason)
+    (folder / "next.jsonl.partial").rename(folder / "next.jsonl")
+    renamed, _ = tick(instance, folder, cursor)
+    assert isinstance(renamed, dg.RunRequest) and "added next.jsonl" in renamed.tags[CHANGED_FILES_TAG]
+
+
+def test_missing_source_folder_is_a_skip_with_the_reason(instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    skip, _ = tick(instance, tmp_path / "nowhere", None)
+    assert isinstance(skip, dg.SkipReason) and "nowhere" in skip.skip_message
