@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         try:
-            run_all(instance, _resources(args))
+            run_all(instance, _resources(args), log_level=args.log_level)
         except dg.DagsterExecutionStepExecutionError as error:
             print(f"mergeit run failed in step {error.step_key}: {error.user_exception}", file=sys.stderr)
             return 1
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", type=float, help="similarity a merge group must exceed (default 0.55)")
     run.add_argument("--max-group-size", type=int, help="largest merge group (default 2)")
     run.add_argument("--quality-gate", action="store_true", help="keep merges only if an LLM judge scores them above their sources")
+    run.add_argument("--log-level", default="INFO", help="Dagster console log level (default INFO)")
     run.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./dagster_home)")
     run.set_defaults(handler=cmd_run)
 

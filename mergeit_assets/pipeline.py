@@ -24,20 +24,34 @@ def partition_range_tags(keys: list[str]) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
 
 
-def materialize(selection_assets, instance: dg.DagsterInstance, resources: Mapping[str, object], tags=None):
+def materialize(
+    selection_assets,
+    instance: dg.DagsterInstance,
+    resources: Mapping[str, object],
+    *,
+    tags: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+    log_level: str = "DEBUG",
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*ALL_ASSETS, *ALL_CHECKS],
         selection=selection_assets,
         instance=instance,
         resources=dict(resources),
-        tags=tags,
+        tags=dict(tags or {}),
+        partition_key=partition_key,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
 
 
-def run_all(instance: dg.DagsterInstance, resources: Mapping[str, object]) -> list[dg.ExecuteInProcessResult]:
-    results = [materialize(UPSTREAM, instance, resources)]
+def run_all(
+    instance: dg.DagsterInstance, resources: Mapping[str, object], *, log_level: str = "DEBUG"
+) -> list[dg.ExecuteInProcessResult]:
+    results = [materialize(UPSTREAM, instance, resources, log_level=log_level)]
     keys = instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME)
     if keys:
-        results.append(materialize(PER_CLUSTER, instance, resources, tags=partition_range_tags(keys)))
-    results.append(materialize(DOWNSTREAM, instance, resources))
+        results.append(
+            materialize(PER_CLUSTER, instance, resources, tags=partition_range_tags(keys), log_level=log_level)
+        )
+    results.append(materialize(DOWNSTREAM, instance, resources, log_level=log_level))
     return results

@@ -56,6 +56,10 @@ class LLMResource(dg.ConfigurableResource):
     max_tokens: int = Field(default=768)
     concurrency: int = Field(default=8, description="Requests in flight.")
     quality_gate: bool = Field(default=False, description="Keep a merge only if an LLM judge scores it above its sources' mean.")
+    structured_output: str | None = Field(
+        default=None,
+        description="json_schema (OpenAI, vLLM) or json_object_schema (llama.cpp servers); empty: the backend's default.",
+    )
 
     @classmethod
     def from_env(cls) -> LLMResource:
@@ -66,6 +70,7 @@ class LLMResource(dg.ConfigurableResource):
             api_key_env=settings.env_str("MERGEIT_LLM_API_KEY_ENV", "OPENAI_API_KEY"),
             concurrency=settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
             quality_gate=settings.env_str("MERGEIT_QUALITY_GATE", "0") in ("1", "true", "yes"),
+            structured_output=settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
         )
 
     def to_config(self) -> LLMConfig:
@@ -77,6 +82,7 @@ class LLMResource(dg.ConfigurableResource):
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             concurrency=self.concurrency,
+            structured_output=self.structured_output or None,
         )
 
 

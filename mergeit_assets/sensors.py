@@ -17,26 +17,21 @@ import time
 
 import dagster as dg
 
-from mergeit_assets.assets.merging import merged_samples
-from mergeit_assets.assets.selection import (
-    instruction_embeddings,
-    merge_pairs,
-    selected_subset,
-    source_instructions,
-    topic_clusters,
-)
+from mergeit_assets.assets.selection import topic_clusters
+from mergeit_assets.jobs import ingest_and_cluster_job, refresh_cluster_job
 from mergeit_assets.resources import MergeitDuckDB, PipelineSettings
 from mergeit_core import stages
 from mergeit_core.ingest import SourceError
 from mergeit_core.records import stable_hash
 from mergeit_core.watch import WatchState, scan_sources
 
-UPSTREAM_SELECTION = [source_instructions.key, instruction_embeddings.key, topic_clusters.key]
-PER_CLUSTER_SELECTION = [selected_subset.key, merge_pairs.key, merged_samples.key]
+UPSTREAM_SELECTION = [dg.AssetKey(k) for k in ("source_instructions", "instruction_embeddings", "topic_clusters")]
+PER_CLUSTER_SELECTION = [dg.AssetKey(k) for k in ("selected_subset", "merge_pairs", "merged_samples")]
 CHANGED_FILES_TAG = "mergeit/changed_files"
 
 
 @dg.sensor(
+    job=ingest_and_cluster_job,
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="New, rewritten or deleted source files -> ingest, embed, re-cluster.",
@@ -61,10 +56,13 @@ def source_files_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineS
 
 @dg.asset_sensor(
     asset_key=topic_clusters.key,
+    job=refresh_cluster_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    required_resource_keys={"duckdb"},
     description="Re-clustering -> per-cluster runs for the clusters whose membership changed.",
 )
-def stale_clusters_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, duckdb: MergeitDuckDB):
+def stale_clusters_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    duckdb: MergeitDuckDB = context.resources.duckdb
     stale = stages.stale_partitions(duckdb.database)
     if not stale:
         return dg.SkipReason("every cluster partition is up to date")

@@ -206,6 +206,7 @@ def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) 
         })
         for key in removed:
             _delete_cluster_rows(conn, key)
+        run_sql(conn, "pipeline/invalidate_moved_rows.sql")
     changed = sorted(key for key in members if previous_hashes.get(key) != hashes[key])
     return ClusterStats(
         k=len(members),

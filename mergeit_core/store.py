@@ -113,10 +113,10 @@ def insert_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: Mapping
     if staged.num_rows == 0:
         return 0
     conn.register("_mergeit_staged", staged)
-    try:
-        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _mergeit_staged")
-    finally:
-        conn.unregister("_mergeit_staged")
+    # No unregister on failure: it would raise on the aborted transaction and hide the cause;
+    # the caller's short-lived connection goes away with it.
+    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _mergeit_staged")
+    conn.unregister("_mergeit_staged")
     return staged.num_rows
 
 

@@ -1,9 +1,10 @@
-"""The merge engine with in-process fake backends: quality gate, batching, cache keys."""
+"""The merge engine with in-process fake backends: quality gate, batching, response_cache keys."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,50 +62,75 @@ def rate_sources_5(merged_scores: dict[int, int]) -> Callable[[Sample], int]:
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> DuckDBResponseCache:
+def response_cache(tmp_path: Path) -> DuckDBResponseCache:
     return DuckDBResponseCache(tmp_path / "cache.duckdb")
 
 
-def test_a_merge_that_beats_its_sources_is_kept(cache: DuckDBResponseCache) -> None:
+def test_a_merge_that_beats_its_sources_is_kept(response_cache: DuckDBResponseCache) -> None:
     backend = FakeBackend(rate_sources_5({1: 8}))
 
-    report = run_merges(groups(1), backend, cache, CONFIG, scorer=LLMJudgeScorer(backend, cache))
+    report = run_merges(
+        groups(1), backend, response_cache, CONFIG, scorer=LLMJudgeScorer(backend, response_cache)
+    )
 
     outcome = report.outcomes[0]
     assert (outcome.status, outcome.quality_score, outcome.sources_mean_score) == ("merged", 8.0, 5.0)
     assert backend.merge_calls == 1 and backend.score_calls == 3
 
 
-def test_a_merge_is_retried_until_it_beats_its_sources(cache: DuckDBResponseCache) -> None:
+def test_a_merge_is_retried_until_it_beats_its_sources(response_cache: DuckDBResponseCache) -> None:
     backend = FakeBackend(rate_sources_5({3: 6}))
     batch = groups(1)
 
-    report = run_merges(batch, backend, cache, CONFIG, scorer=LLMJudgeScorer(backend, cache), quality_retries=3)
+    report = run_merges(
+        batch,
+        backend,
+        response_cache,
+        CONFIG,
+        scorer=LLMJudgeScorer(backend, response_cache),
+        quality_retries=3,
+    )
 
     outcome = report.outcomes[0]
     assert outcome.status == "merged" and outcome.sample is not None
     assert outcome.sample.instruction == "Merged attempt 3"
     assert outcome.requests == 3
     sampling = CONFIG.sampling_params()
-    assert outcome.cache_key == merge_cache_key("fake-model", "merge-v1", sampling, batch[0].members, attempt=2)
+    assert outcome.cache_key == merge_cache_key(
+        "fake-model", "merge-v1", sampling, batch[0].members, attempt=2
+    )
 
 
 def test_a_merge_that_never_beats_its_sources_is_rejected_and_the_rerun_is_free(
-    cache: DuckDBResponseCache,
+    response_cache: DuckDBResponseCache,
 ) -> None:
     backend = FakeBackend(rate_sources_5({2: 4}))
     batch = groups(1)
 
-    report = run_merges(batch, backend, cache, CONFIG, scorer=LLMJudgeScorer(backend, cache), quality_retries=2)
+    report = run_merges(
+        batch,
+        backend,
+        response_cache,
+        CONFIG,
+        scorer=LLMJudgeScorer(backend, response_cache),
+        quality_retries=2,
+    )
 
     outcome = report.outcomes[0]
     assert outcome.status == "rejected_by_quality" and report.rejected_by_quality == 1
     assert outcome.sample is not None and outcome.sample.instruction == "Merged attempt 2"  # the best one
     assert (outcome.quality_score, outcome.sources_mean_score) == (4.0, 5.0)
-    assert backend.merge_calls == 3  # one merge per attempt, each under its own cache key
+    assert backend.merge_calls == 3  # one merge per attempt, each under its own response_cache key
     calls = (backend.merge_calls, backend.score_calls)
 
-    rerun = run_merges(batch, backend, cache, CONFIG, scorer=LLMJudgeScorer(backend, cache), quality_retries=2)
+    rerun = run_merges(
+        batch,
+        backend,
+        response_cache,
+        CONFIG,
+        scorer=LLMJudgeScorer(backend, response_cache),
+        quality_retries=2,
+    )
 
     assert (backend.merge_calls, backend.score_calls) == calls
     assert rerun.outcomes[0].status == "rejected_by_quality" and rerun.outcomes[0].cache_hit
@@ -123,7 +149,9 @@ class RecordingBatchBackend(MicroBatchingBackend):
         self.invalid_first_for = invalid_first_for
         self.seen: set[str] = set()
 
-    def chat_batch(self, conversations: Sequence[Sequence[Message]], schema: Mapping[str, Any]) -> list[ChatResponse]:
+    def chat_batch(
+        self, conversations: Sequence[Sequence[Message]], schema: Mapping[str, Any]
+    ) -> list[ChatResponse]:
         self.batches.append(len(conversations))
         return [self._answer(conversation[-1]["content"]) for conversation in conversations]
 
@@ -134,24 +162,24 @@ class RecordingBatchBackend(MicroBatchingBackend):
         return ChatResponse("not json" if flaky and first_time else merge_json())
 
 
-def test_a_batch_backend_gets_every_pending_group_in_one_batch(cache: DuckDBResponseCache) -> None:
+def test_a_batch_backend_gets_every_pending_group_in_one_batch(response_cache: DuckDBResponseCache) -> None:
     backend = RecordingBatchBackend(invalid_first_for={"g2", "g5"})
 
-    report = run_merges(groups(8), backend, cache, CONFIG)  # concurrency 3 does not cap a batch
+    report = run_merges(groups(8), backend, response_cache, CONFIG)  # concurrency 3 does not cap a batch
 
     assert report.merged == 8
     assert backend.batches == [8, 2]  # then the two re-asks, together
 
 
-def test_outcomes_keep_input_order_and_duplicate_ids_are_refused(cache: DuckDBResponseCache) -> None:
+def test_outcomes_keep_input_order_and_duplicate_ids_are_refused(response_cache: DuckDBResponseCache) -> None:
     backend = FakeBackend(rate_sources_5({}))
     batch = groups(4)[::-1]
 
-    report = run_merges(batch, backend, cache, CONFIG)
+    report = run_merges(batch, backend, response_cache, CONFIG)
 
     assert [outcome.group_id for outcome in report.outcomes] == ["g3", "g2", "g1", "g0"]
     with pytest.raises(ValueError, match="duplicate group ids"):
-        run_merges(batch + batch[:1], backend, cache, CONFIG)
+        run_merges(batch + batch[:1], backend, response_cache, CONFIG)
 
 
 def test_merge_cache_key_changes_with_everything_that_changes_the_answer() -> None:
@@ -172,15 +200,29 @@ def test_merge_cache_key_changes_with_everything_that_changes_the_answer() -> No
     assert key not in variants and len(variants) == 6
 
 
-def test_cache_put_replaces_and_get_many_returns_only_known_keys(cache: DuckDBResponseCache) -> None:
-    cache.put("k1", "merge", "m", "merge-v1", False, "not json", 3, 1)
-    cache.put("k1", "merge", "m", "merge-v1", True, merge_json(), 4, 2)
-    cache.put("k2", "score", "m", "score-v1", True, '{"score": 7}', None, None)
+def test_cache_put_replaces_and_get_many_returns_only_known_keys(response_cache: DuckDBResponseCache) -> None:
+    response_cache.put("k1", "merge", "m", "merge-v1", False, "not json", 3, 1)
+    response_cache.put("k1", "merge", "m", "merge-v1", True, merge_json(), 4, 2)
+    response_cache.put("k2", "score", "m", "score-v1", True, '{"score": 7}', None, None)
 
-    found = cache.get_many(["k1", "k2", "missing", "k1"])
+    found = response_cache.get_many(["k1", "k2", "missing", "k1"])
 
     assert set(found) == {"k1", "k2"}
     assert found["k1"].valid and parse_merged_sample(found["k1"].response).output == "Merged answer"
     assert (found["k1"].prompt_tokens, found["k1"].completion_tokens) == (4, 2)
     assert found["k2"].prompt_tokens is None
-    assert cache.get_many([]) == {}
+    assert response_cache.get_many([]) == {}
+
+
+def test_caches_of_one_file_can_be_used_from_many_threads(tmp_path: Path) -> None:
+    # Separate instances, as the engine's and the scorer's are; concurrent schema bootstraps
+    # on one file conflict in DuckDB unless the process serialises them.
+    caches = [DuckDBResponseCache(tmp_path / "shared.duckdb") for _ in range(2)]
+
+    def put(i: int) -> None:
+        caches[i % 2].put(f"k{i}", "merge", "m", "merge-v1", True, merge_json(), 1, 1)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(put, range(40)))
+
+    assert len(caches[0].get_many(f"k{i}" for i in range(40))) == 40

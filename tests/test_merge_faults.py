@@ -27,7 +27,7 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> DuckDBResponseCache:
+def response_cache(tmp_path: Path) -> DuckDBResponseCache:
     return DuckDBResponseCache(tmp_path / "mergeit.duckdb")
 
 
@@ -60,23 +60,28 @@ def groups(count: int, prefix: str = "g") -> list[MergeGroup]:
 
 
 def merge(
-    server: ScriptedServer, cache: DuckDBResponseCache, batch: list[MergeGroup], **run_options: object
+    server: ScriptedServer,
+    response_cache: DuckDBResponseCache,
+    batch: list[MergeGroup],
+    **run_options: object,
 ) -> MergeReport:
     config = config_for(server, **run_options.pop("config", {}))  # type: ignore[arg-type]
     with open_backend(config) as backend:
-        return run_merges(batch, backend, cache, config, **run_options)  # type: ignore[arg-type]
+        return run_merges(batch, backend, response_cache, config, **run_options)  # type: ignore[arg-type]
 
 
-def cache_rows(cache: DuckDBResponseCache) -> list[tuple[str, bool]]:
-    with duckdb.connect(str(cache.db_path), read_only=True) as conn:
+def cache_rows(response_cache: DuckDBResponseCache) -> list[tuple[str, bool]]:
+    with duckdb.connect(str(response_cache.db_path), read_only=True) as conn:
         return conn.execute("SELECT purpose, valid FROM llm_cache ORDER BY cache_key").fetchall()
 
 
 # --- what goes over the wire ---------------------------------------------------------------------
 
 
-def test_openai_backend_sends_json_schema_response_format(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
-    report = merge(server, cache, groups(1))
+def test_openai_backend_sends_json_schema_response_format(
+    server: ScriptedServer, response_cache: DuckDBResponseCache
+) -> None:
+    report = merge(server, response_cache, groups(1))
 
     assert report.merged == 1
     body = server.requests[0].body
@@ -88,16 +93,21 @@ def test_openai_backend_sends_json_schema_response_format(server: ScriptedServer
     assert "Instruction 1 of group g0" in last_user_message(body)
 
 
-def test_llama_cpp_form_sends_the_schema_inside_json_object(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
-    merge(server, cache, groups(1), config={"structured_output": "json_object_schema"})
+def test_llama_cpp_form_sends_the_schema_inside_json_object(
+    server: ScriptedServer, response_cache: DuckDBResponseCache
+) -> None:
+    merge(server, response_cache, groups(1), config={"structured_output": "json_object_schema"})
 
-    assert server.requests[0].body["response_format"] == {"type": "json_object", "schema": MERGED_SAMPLE_SCHEMA}
+    assert server.requests[0].body["response_format"] == {
+        "type": "json_object",
+        "schema": MERGED_SAMPLE_SCHEMA,
+    }
 
 
 def test_api_key_is_sent_but_never_stored_or_shown(
-    server: ScriptedServer, cache: DuckDBResponseCache, tmp_path: Path
+    server: ScriptedServer, response_cache: DuckDBResponseCache, tmp_path: Path
 ) -> None:
-    report = merge(server, cache, groups(2))
+    report = merge(server, response_cache, groups(2))
 
     assert report.merged == 2
     assert {request.headers["authorization"] for request in server.requests} == {f"Bearer {SECRET}"}
@@ -111,12 +121,12 @@ def test_api_key_is_sent_but_never_stored_or_shown(
 
 
 def test_missing_api_key_stops_the_run_before_any_request(
-    server: ScriptedServer, cache: DuckDBResponseCache, monkeypatch: pytest.MonkeyPatch
+    server: ScriptedServer, response_cache: DuckDBResponseCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(KEY_ENV)
 
     with pytest.raises(LLMConfigurationError, match=KEY_ENV):
-        merge(server, cache, groups(2))
+        merge(server, response_cache, groups(2))
     assert server.request_count == 0
 
 
@@ -124,11 +134,11 @@ def test_missing_api_key_stops_the_run_before_any_request(
 
 
 def test_429_is_retried_after_the_delay_the_server_asks_for(
-    server: ScriptedServer, cache: DuckDBResponseCache
+    server: ScriptedServer, response_cache: DuckDBResponseCache
 ) -> None:
     server.script = in_order(Fail(429, retry_after="1"), then=VALID)
 
-    report = merge(server, cache, groups(1))
+    report = merge(server, response_cache, groups(1))
 
     assert report.merged == 1 and server.request_count == 2
     gap = server.requests[1].arrived_at - server.requests[0].arrived_at
@@ -136,10 +146,10 @@ def test_429_is_retried_after_the_delay_the_server_asks_for(
     assert gap >= 0.95
 
 
-def test_5xx_then_success_merges(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+def test_5xx_then_success_merges(server: ScriptedServer, response_cache: DuckDBResponseCache) -> None:
     server.script = in_order(Fail(500), Fail(503), then=VALID)
 
-    report = merge(server, cache, groups(1), config={"max_retries": 3})
+    report = merge(server, response_cache, groups(1), config={"max_retries": 3})
 
     assert report.merged == 1
     assert server.request_count == 3
@@ -147,28 +157,28 @@ def test_5xx_then_success_merges(server: ScriptedServer, cache: DuckDBResponseCa
 
 
 def test_persistent_500_fails_in_bounded_time_and_is_not_cached(
-    server: ScriptedServer, cache: DuckDBResponseCache
+    server: ScriptedServer, response_cache: DuckDBResponseCache
 ) -> None:
     server.script = in_order(then=Fail(500))
 
     started = time.monotonic()
-    report = merge(server, cache, groups(1), config={"max_retries": 2})
+    report = merge(server, response_cache, groups(1), config={"max_retries": 2})
 
     assert time.monotonic() - started < 6
     outcome = report.outcomes[0]
     assert outcome.status == "failed" and outcome.sample is None
     assert "LLMUnavailableError" in (outcome.error or "") and "500" in (outcome.error or "")
     assert server.request_count == 3  # the first try and two retries
-    assert cache_rows(cache) == []
-    merge(server, cache, groups(1), config={"max_retries": 0})
+    assert cache_rows(response_cache) == []
+    merge(server, response_cache, groups(1), config={"max_retries": 0})
     assert server.request_count == 4  # asked again: an outage is not an answer
 
 
-def test_slow_answers_time_out_and_fail(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+def test_slow_answers_time_out_and_fail(server: ScriptedServer, response_cache: DuckDBResponseCache) -> None:
     server.script = in_order(then=Reply(merge_json(), delay_s=30))
 
     started = time.monotonic()
-    report = merge(server, cache, groups(2), config={"request_timeout_s": 0.3, "max_retries": 1})
+    report = merge(server, response_cache, groups(2), config={"request_timeout_s": 0.3, "max_retries": 1})
 
     assert time.monotonic() - started < 4
     assert [outcome.status for outcome in report.outcomes] == ["failed", "failed"]
@@ -176,12 +186,17 @@ def test_slow_answers_time_out_and_fail(server: ScriptedServer, cache: DuckDBRes
     assert server.request_count == 4
 
 
-def test_total_timeout_bounds_a_request_and_its_retries(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+def test_total_timeout_bounds_a_request_and_its_retries(
+    server: ScriptedServer, response_cache: DuckDBResponseCache
+) -> None:
     server.script = in_order(then=Reply(merge_json(), delay_s=30))
 
     started = time.monotonic()
     report = merge(
-        server, cache, groups(1), config={"request_timeout_s": 0.4, "max_retries": 10, "total_timeout_s": 1.0}
+        server,
+        response_cache,
+        groups(1),
+        config={"request_timeout_s": 0.4, "max_retries": 10, "total_timeout_s": 1.0},
     )
 
     assert time.monotonic() - started < 2.5
@@ -189,19 +204,23 @@ def test_total_timeout_bounds_a_request_and_its_retries(server: ScriptedServer, 
     assert "within 1.0s" in (report.outcomes[0].error or "")
 
 
-def test_authentication_failure_stops_the_run(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+def test_authentication_failure_stops_the_run(
+    server: ScriptedServer, response_cache: DuckDBResponseCache
+) -> None:
     server.script = in_order(then=Fail(401))
 
     with pytest.raises(LLMConfigurationError, match="401"):
-        merge(server, cache, groups(3), config={"concurrency": 1})
+        merge(server, response_cache, groups(3), config={"concurrency": 1})
     # Not all three: the run stops (the next group may have got its slot meanwhile).
     assert server.request_count <= 2
 
 
-def test_a_rejected_request_fails_only_its_group(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+def test_a_rejected_request_fails_only_its_group(
+    server: ScriptedServer, response_cache: DuckDBResponseCache
+) -> None:
     server.script = lambda index, body: Fail(400) if "group g1" in last_user_message(body) else VALID
 
-    report = merge(server, cache, groups(3))
+    report = merge(server, response_cache, groups(3))
 
     assert [outcome.status for outcome in report.outcomes] == ["merged", "failed", "merged"]
     assert "LLMRequestRejectedError" in (report.outcomes[1].error or "")
@@ -221,12 +240,12 @@ def test_a_rejected_request_fails_only_its_group(server: ScriptedServer, cache: 
     ],
 )
 def test_invalid_answers_are_reasked_then_fail_and_are_cached(
-    server: ScriptedServer, cache: DuckDBResponseCache, content: str, reason: str
+    server: ScriptedServer, response_cache: DuckDBResponseCache, content: str, reason: str
 ) -> None:
     server.script = lambda index, body: Reply(content) if "group g1" in last_user_message(body) else VALID
     batch = groups(3)
 
-    report = merge(server, cache, batch, invalid_retries=2)
+    report = merge(server, response_cache, batch, invalid_retries=2)
 
     bad = report.outcomes[1]
     assert (bad.group_id, bad.status, bad.sample) == ("g1", "failed", None)
@@ -234,25 +253,27 @@ def test_invalid_answers_are_reasked_then_fail_and_are_cached(
     assert bad.requests == 3
     assert [outcome.status for outcome in report.outcomes] == ["merged", "failed", "merged"]
     assert server.request_count == 5
-    assert sorted(cache_rows(cache)) == [("merge", False), ("merge", True), ("merge", True)]
+    assert sorted(cache_rows(response_cache)) == [("merge", False), ("merge", True), ("merge", True)]
 
-    rerun = merge(server, cache, batch, invalid_retries=2)
+    rerun = merge(server, response_cache, batch, invalid_retries=2)
 
     assert server.request_count == 5  # the cached invalid answer is not paid for twice
     assert rerun.outcomes[1].status == "failed" and rerun.outcomes[1].cache_hit
     assert rerun.outcomes[0].sample == report.outcomes[0].sample
 
 
-def test_an_invalid_answer_then_a_valid_one_merges(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+def test_an_invalid_answer_then_a_valid_one_merges(
+    server: ScriptedServer, response_cache: DuckDBResponseCache
+) -> None:
     server.script = in_order(Reply('{"instruction": "x", "output": "y"}'), then=VALID)
 
-    report = merge(server, cache, groups(1), invalid_retries=2)
+    report = merge(server, response_cache, groups(1), invalid_retries=2)
 
     outcome = report.outcomes[0]
     assert outcome.status == "merged" and outcome.requests == 2
     assert outcome.sample is not None and outcome.sample.output == "Merged answer"
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (22, 14)
-    assert cache_rows(cache) == [("merge", True)]
+    assert cache_rows(response_cache) == [("merge", True)]
 
 
 # --- concurrency -----------------------------------------------------------------------------------
@@ -260,30 +281,32 @@ def test_an_invalid_answer_then_a_valid_one_merges(server: ScriptedServer, cache
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_requests_in_flight_reach_but_never_exceed_the_limit(
-    server: ScriptedServer, cache: DuckDBResponseCache, concurrency: int
+    server: ScriptedServer, response_cache: DuckDBResponseCache, concurrency: int
 ) -> None:
     server.script = in_order(then=Reply(merge_json(), delay_s=0.15))
 
-    report = merge(server, cache, groups(8), config={"concurrency": concurrency})
+    report = merge(server, response_cache, groups(8), config={"concurrency": concurrency})
 
     assert report.merged == 8
     assert server.max_in_flight == concurrency
 
 
-# --- the cache across runs -----------------------------------------------------------------------
+# --- the response_cache across runs -----------------------------------------------------------------------
 
 
-def test_a_second_run_sends_no_request(server: ScriptedServer, cache: DuckDBResponseCache) -> None:
+def test_a_second_run_sends_no_request(server: ScriptedServer, response_cache: DuckDBResponseCache) -> None:
     batch = groups(5)
-    first = merge(server, cache, batch)
+    first = merge(server, response_cache, batch)
     assert server.request_count == 5
 
-    second = merge(server, cache, batch)
+    second = merge(server, response_cache, batch)
 
     assert server.request_count == 5
     assert second.requests == 0 and second.cache_hits == 5
     assert [outcome.sample for outcome in second.outcomes] == [outcome.sample for outcome in first.outcomes]
-    assert [outcome.cache_key for outcome in second.outcomes] == [outcome.cache_key for outcome in first.outcomes]
+    assert [outcome.cache_key for outcome in second.outcomes] == [
+        outcome.cache_key for outcome in first.outcomes
+    ]
 
 
 class Interrupted(Exception):
@@ -291,7 +314,7 @@ class Interrupted(Exception):
 
 
 def test_an_interrupted_run_resumes_with_only_the_remainder(
-    server: ScriptedServer, cache: DuckDBResponseCache
+    server: ScriptedServer, response_cache: DuckDBResponseCache
 ) -> None:
     server.script = in_order(then=Reply(merge_json(), delay_s=0.1))
     seen: list[MergeOutcome] = []
@@ -303,37 +326,39 @@ def test_an_interrupted_run_resumes_with_only_the_remainder(
 
     batch = groups(6)
     with pytest.raises(Interrupted):
-        merge(server, cache, batch, on_outcome=stop_after_two, config={"concurrency": 1})
-    assert len(cache_rows(cache)) == 2
+        merge(server, response_cache, batch, on_outcome=stop_after_two, config={"concurrency": 1})
+    assert len(cache_rows(response_cache)) == 2
     before = server.request_count
 
-    report = merge(server, cache, batch, config={"concurrency": 1})
+    report = merge(server, response_cache, batch, config={"concurrency": 1})
 
     assert report.merged == 6 and report.cache_hits == 2
     assert server.request_count - before == 4
 
 
 def test_after_the_server_stops_answering_a_rerun_asks_only_for_what_is_missing(
-    server: ScriptedServer, cache: DuckDBResponseCache
+    server: ScriptedServer, response_cache: DuckDBResponseCache
 ) -> None:
     server.script = in_order(VALID, VALID, then=Reply(merge_json(), delay_s=30))
     batch = groups(5)
 
-    first = merge(server, cache, batch, config={"concurrency": 1, "request_timeout_s": 0.3, "max_retries": 0})
+    first = merge(
+        server, response_cache, batch, config={"concurrency": 1, "request_timeout_s": 0.3, "max_retries": 0}
+    )
 
     assert [outcome.status for outcome in first.outcomes].count("merged") == 2
     assert first.failed == 3
     server.script = in_order(then=VALID)
     before = server.request_count
 
-    second = merge(server, cache, batch)
+    second = merge(server, response_cache, batch)
 
     assert second.merged == 5
     assert server.request_count - before == 3
 
 
 def test_outcomes_are_reported_as_they_finish_and_listed_in_input_order(
-    server: ScriptedServer, cache: DuckDBResponseCache
+    server: ScriptedServer, response_cache: DuckDBResponseCache
 ) -> None:
     # The first group answers last: completion order differs from input order.
     server.script = lambda index, body: Reply(
@@ -341,7 +366,9 @@ def test_outcomes_are_reported_as_they_finish_and_listed_in_input_order(
     )
     finished: list[str] = []
 
-    report = merge(server, cache, groups(3), on_outcome=lambda outcome: finished.append(outcome.group_id))
+    report = merge(
+        server, response_cache, groups(3), on_outcome=lambda outcome: finished.append(outcome.group_id)
+    )
 
     assert finished[-1] == "g0"
     assert [outcome.group_id for outcome in report.outcomes] == ["g0", "g1", "g2"]

@@ -27,7 +27,14 @@ SOURCES = (
 def test_merge_messages_are_system_two_examples_then_the_sources() -> None:
     messages = build_merge_messages(SOURCES)
 
-    assert [message["role"] for message in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [message["role"] for message in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     final = messages[-1]["content"]
     for source in SOURCES:
         for value in (source.instruction, source.output):
@@ -104,7 +111,8 @@ def test_parse_score_accepts_integers_in_range(content: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", ['{"score": 0}', '{"score": 11}', '{"score": "7"}', '{"score": 7.5}', '{"score": true}', "{}", "7"]
+    "content",
+    ['{"score": 0}', '{"score": 11}', '{"score": "7"}', '{"score": 7.5}', '{"score": true}', "{}", "7"],
 )
 def test_parse_score_rejects_everything_else(content: str) -> None:
     with pytest.raises(InvalidScoreError):

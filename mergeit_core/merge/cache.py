@@ -61,14 +61,17 @@ def score_cache_key(
     return stable_hash(payload, length=64)
 
 
+# Two connections of one process bootstrapping the schema at once fail with "Catalog write-write
+# conflict" (store.connect re-creates the views), so every cache in the process shares one lock;
+# across processes store.connect waits for DuckDB's file lock.
+_CONNECTION_LOCK = threading.Lock()
+
+
 class DuckDBResponseCache:
-    """Thread-safe: connections are serialised within the process, because two connections
-    bootstrapping the schema at once conflict on DuckDB's catalog. Across processes
-    ``store.connect`` waits for the file lock."""
+    """Thread-safe; each call is one short connection, each ``put`` its own transaction."""
 
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DuckDBResponseCache({str(self.db_path)!r})"
@@ -77,13 +80,16 @@ class DuckDBResponseCache:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        with self._lock, connect(self.db_path) as conn:
+        with _CONNECTION_LOCK, connect(self.db_path) as conn:
             rows = conn.execute(
                 "SELECT cache_key, response, valid, prompt_tokens, completion_tokens "
                 "FROM llm_cache WHERE cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
                 [wanted],
             ).fetchall()
-        return {key: CachedResponse(response, valid, prompt, completion) for key, response, valid, prompt, completion in rows}
+        return {
+            key: CachedResponse(response, valid, prompt, completion)
+            for key, response, valid, prompt, completion in rows
+        }
 
     def put(
         self,
@@ -96,11 +102,21 @@ class DuckDBResponseCache:
         prompt_tokens: int | None,
         completion_tokens: int | None,
     ) -> None:
-        with self._lock, connect(self.db_path) as conn:
+        with _CONNECTION_LOCK, connect(self.db_path) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, "
                 "response, prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [key, purpose, model, prompt_version, valid, response, prompt_tokens, completion_tokens, _utc_now()],
+                [
+                    key,
+                    purpose,
+                    model,
+                    prompt_version,
+                    valid,
+                    response,
+                    prompt_tokens,
+                    completion_tokens,
+                    _utc_now(),
+                ],
             )
 
 

@@ -12,6 +12,7 @@ backoff with jitter); a request that still fails raises LLMUnavailableError.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -119,9 +120,16 @@ class ChatResponse:
 
 
 class ChatBackend(Protocol):
-    backend: str
-    model: str  # the model's identity in cache keys and provenance
-    sampling_params: Mapping[str, float | int]
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def model(self) -> str:
+        """The model's identity in cache keys and provenance."""
+        ...
+
+    @property
+    def sampling_params(self) -> Mapping[str, float | int]: ...
 
     async def chat(self, messages: Sequence[Message], schema: JsonSchema) -> ChatResponse: ...
 
@@ -134,7 +142,9 @@ class ChatBackend(Protocol):
 class BatchChatBackend(ChatBackend, Protocol):
     """A backend that is fastest when handed the whole workload at once (an offline engine)."""
 
-    def chat_batch(self, conversations: Sequence[Sequence[Message]], schema: JsonSchema) -> list[ChatResponse]: ...
+    def chat_batch(
+        self, conversations: Sequence[Sequence[Message]], schema: JsonSchema
+    ) -> list[ChatResponse]: ...
 
 
 def response_format(form: StructuredOutputForm, schema: JsonSchema) -> dict[str, Any]:
@@ -167,14 +177,14 @@ class OpenAICompatibleBackend:
         self.model = model
         self.sampling_params = config.sampling_params()
         self._config = config
-        self._base_url = base_url
+        self.base_url = base_url
         self._structured_output = structured_output
         self._api_key_env = api_key_env
         self._client: openai.AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        return f"OpenAICompatibleBackend(model={self.model!r}, base_url={self._base_url!r})"
+        return f"OpenAICompatibleBackend(model={self.model!r}, base_url={self.base_url!r})"
 
     def _api_key(self) -> str:
         if self._api_key_env is None:
@@ -189,7 +199,7 @@ class OpenAICompatibleBackend:
         if self._client is None or self._client_loop is not loop:
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key(),
-                base_url=self._base_url,
+                base_url=self.base_url,
                 timeout=self._config.request_timeout_s,
                 max_retries=self._config.max_retries,
             )
@@ -198,18 +208,21 @@ class OpenAICompatibleBackend:
 
     async def chat(self, messages: Sequence[Message], schema: JsonSchema) -> ChatResponse:
         client = self._client_for_running_loop()
-        request = client.chat.completions.create(
+        # The SDK's types know neither plain-dict messages nor llama.cpp's json_object+schema.
+        request = client.chat.completions.create(  # type: ignore[call-overload]
             model=self.model,
-            messages=[dict(message) for message in messages],  # type: ignore[misc]
+            messages=[dict(message) for message in messages],
             temperature=self._config.temperature,
             # max_tokens, not max_completion_tokens: llama-cpp-python ignores the latter.
             max_tokens=self._config.max_tokens,
-            response_format=response_format(self._structured_output, schema),  # type: ignore[arg-type]
+            response_format=response_format(self._structured_output, schema),
         )
         try:
             completion = await asyncio.wait_for(request, timeout=self._config.total_timeout_s)
         except TimeoutError as exc:
-            raise LLMUnavailableError(f"no answer within {self._config.total_timeout_s}s, retries included") from exc
+            raise LLMUnavailableError(
+                f"no answer within {self._config.total_timeout_s}s, retries included"
+            ) from exc
         except openai.APIConnectionError as exc:  # includes APITimeoutError
             raise LLMUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         except openai.APIStatusError as exc:
@@ -290,8 +303,11 @@ class LlamaCppServer:
         self.model_path = Path(model_path)
         self.model_alias = self.model_path.name
         self.n_ctx = n_ctx
-        # Small models stop gaining from threads early; more would only steal from the caller.
-        self.threads = threads or min(_usable_cpus(), 8)
+        # One core stays free for the caller: llama.cpp's threads wait on each other at every
+        # step, so a thread losing its core to another process stalls all of them (measured on
+        # 2 shared cores: 1 thread 22 tok/s steady, 2 threads 4-12 tok/s). Small models gain
+        # little beyond 8 threads.
+        self.threads = threads or min(max(_usable_cpus() - 1, 1), 8)
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.port = 0
@@ -320,7 +336,12 @@ class LlamaCppServer:
             "--interrupt_requests": "False",
             "--verbose": "False",
         }
-        return [sys.executable, "-m", "llama_cpp.server", *(part for pair in options.items() for part in pair)]
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            *(part for pair in options.items() for part in pair),
+        ]
 
     def __enter__(self) -> Self:
         if not self.model_path.is_file():
@@ -353,15 +374,21 @@ class LlamaCppServer:
                 raise RuntimeError(
                     f"llama.cpp server exited with code {self._process.returncode}:\n{self.log_tail()}"
                 )
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if self._serves_our_model():
+                return
             time.sleep(0.2)
-        raise TimeoutError(
-            f"llama.cpp server not ready after {self.startup_timeout_s}s:\n{self.log_tail()}"
-        )
+        raise TimeoutError(f"llama.cpp server not ready after {self.startup_timeout_s}s:\n{self.log_tail()}")
+
+    def _serves_our_model(self) -> bool:
+        # Checking the alias, not just any answer, guards against another server that took the
+        # port between our probe and the child's bind.
+        try:
+            response = httpx.get(f"{self.base_url}/models", timeout=1.0)
+            return response.status_code == 200 and self.model_alias in {
+                model.get("id") for model in response.json().get("data", [])
+            }
+        except (httpx.TransportError, ValueError):
+            return False
 
     def log_tail(self, max_chars: int = 4000) -> str:
         if self._log is None:
@@ -386,10 +413,8 @@ class LlamaCppServer:
 
 
 def _signal_group(pgid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass  # already gone
 
 
 def _llama_model_path(model: str) -> Path:
@@ -427,7 +452,9 @@ class MicroBatchingBackend(ABC):
         self._flush_task: asyncio.Task[None] | None = None
 
     @abstractmethod
-    def chat_batch(self, conversations: Sequence[Sequence[Message]], schema: JsonSchema) -> list[ChatResponse]: ...
+    def chat_batch(
+        self, conversations: Sequence[Sequence[Message]], schema: JsonSchema
+    ) -> list[ChatResponse]: ...
 
     async def chat(self, messages: Sequence[Message], schema: JsonSchema) -> ChatResponse:
         future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
@@ -455,7 +482,7 @@ class MicroBatchingBackend(ABC):
                     item.future.set_result(response)
 
     async def aclose(self) -> None:
-        return None
+        self._queue.clear()  # left by an aborted run: their waiters died with its event loop
 
 
 class VLLMOfflineBackend(MicroBatchingBackend):
@@ -480,7 +507,9 @@ class VLLMOfflineBackend(MicroBatchingBackend):
         self._structured_outputs_type = StructuredOutputsParams
         self._llm = vllm.LLM(model=config.model)
 
-    def chat_batch(self, conversations: Sequence[Sequence[Message]], schema: JsonSchema) -> list[ChatResponse]:
+    def chat_batch(
+        self, conversations: Sequence[Sequence[Message]], schema: JsonSchema
+    ) -> list[ChatResponse]:
         params = self._sampling_params_type(
             temperature=self._config.temperature,
             max_tokens=self._config.max_tokens,
@@ -488,7 +517,9 @@ class VLLMOfflineBackend(MicroBatchingBackend):
         )
         if getattr(params, "structured_outputs", None) is None:
             raise LLMConfigurationError("this vLLM dropped structured_outputs from SamplingParams")
-        outputs = self._llm.chat([[dict(m) for m in conversation] for conversation in conversations], params, use_tqdm=False)
+        outputs = self._llm.chat(
+            [[dict(m) for m in conversation] for conversation in conversations], params, use_tqdm=False
+        )
         return [
             ChatResponse(
                 content=output.outputs[0].text,
@@ -519,7 +550,11 @@ def open_backend(config: LLMConfig) -> Iterator[ChatBackend]:
             )
     elif config.backend == "openai":
         yield OpenAICompatibleBackend(
-            config, base_url=config.base_url, model=config.model, structured_output=form, api_key_env=config.api_key_env
+            config,
+            base_url=config.base_url,
+            model=config.model,
+            structured_output=form,
+            api_key_env=config.api_key_env,
         )
     else:
         yield VLLMOfflineBackend(config)

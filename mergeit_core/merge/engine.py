@@ -7,18 +7,17 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from mergeit_core.merge.asking import CachedAsker, Usage
 from mergeit_core.merge.cache import CachedResponse, DuckDBResponseCache, merge_cache_key
-from mergeit_core.merge.clients import BatchChatBackend, ChatBackend, LLMConfig, LLMError
+from mergeit_core.merge.clients import BatchChatBackend, ChatBackend, LLMConfig, LLMError, Message
 from mergeit_core.merge.prompt import (
     MERGED_SAMPLE_SCHEMA,
     PROMPT_VERSION,
     InvalidResponseError,
-    Message,
     build_merge_messages,
     parse_merged_sample,
 )
@@ -181,7 +180,7 @@ class _GroupMerge:
         self._run = run
         self._group = group
         self._prefetched = prefetched
-        self._messages: list[Message] = build_merge_messages(group.members)
+        self._messages: Sequence[Message] = build_merge_messages(group.members)
         self._usage = Usage()
 
     async def run(self) -> MergeOutcome:
@@ -190,7 +189,9 @@ class _GroupMerge:
         for attempt in range(self._run.attempts):
             key = self._run.cache_key(self._group, attempt)
             try:
-                answer = await self._run.asker.answer(key, self._messages, await self._cached(key, attempt), self._usage)
+                answer = await self._run.asker.answer(
+                    key, self._messages, await self._cached(key, attempt), self._usage
+                )
             except LLMError as error:
                 return self._outcome("failed", key, error=f"{type(error).__name__}: {error}")
             if answer.value is None:
@@ -201,11 +202,15 @@ class _GroupMerge:
             try:
                 score = await scorer.score(answer.value)
                 if sources_mean is None:
-                    sources_mean = statistics.fmean([await scorer.score(member) for member in self._group.members])
+                    sources_mean = statistics.fmean(
+                        [await scorer.score(member) for member in self._group.members]
+                    )
             except (LLMError, InvalidResponseError) as error:
                 return self._outcome("failed", key, error=f"quality scoring failed: {error}")
             if score > sources_mean:
-                return self._outcome("merged", key, sample=answer.value, score=score, sources_mean=sources_mean)
+                return self._outcome(
+                    "merged", key, sample=answer.value, score=score, sources_mean=sources_mean
+                )
             if best is None or score > best[0]:
                 best = (score, answer.value, key)
         assert best is not None  # the loop runs at least once and returns unless it sets best

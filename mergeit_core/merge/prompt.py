@@ -30,8 +30,6 @@ SCORE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-Message = dict[str, str]
-
 
 class InvalidResponseError(ValueError):
     """The model answered, but not with what the schema asks for."""
@@ -67,8 +65,7 @@ _FEW_SHOT: tuple[tuple[tuple[Sample, ...], Sample], ...] = (
             Sample(
                 "Identify the main complaint in this customer review.",
                 "Delivery took three weeks and the box arrived crushed.",
-                "The main complaint is the delivery: it took three weeks and the package arrived "
-                "damaged.",
+                "The main complaint is the delivery: it took three weeks and the package arrived damaged.",
             ),
         ),
         Sample(
@@ -84,7 +81,11 @@ _FEW_SHOT: tuple[tuple[tuple[Sample, ...], Sample], ...] = (
     ),
     (
         (
-            Sample("Give two tips for saving water at home.", "", "1. Take shorter showers. 2. Fix dripping taps."),
+            Sample(
+                "Give two tips for saving water at home.",
+                "",
+                "1. Take shorter showers. 2. Fix dripping taps.",
+            ),
             Sample(
                 "Why is it important to conserve water?",
                 "",
@@ -123,10 +124,10 @@ def _render_answer(sample: Sample) -> str:
     return json.dumps(sample.as_dict(), ensure_ascii=False)
 
 
-def build_merge_messages(sources: Sequence[Sample]) -> list[Message]:
+def build_merge_messages(sources: Sequence[Sample]) -> list[dict[str, str]]:
     if len(sources) < 2:
         raise ValueError(f"a merge needs at least 2 samples, got {len(sources)}")
-    messages: list[Message] = [{"role": "system", "content": MERGE_SYSTEM_PROMPT}]
+    messages: list[dict[str, str]] = [{"role": "system", "content": MERGE_SYSTEM_PROMPT}]
     for example_sources, example_merge in _FEW_SHOT:
         messages.append({"role": "user", "content": _render_sources(example_sources)})
         messages.append({"role": "assistant", "content": _render_answer(example_merge)})
@@ -165,7 +166,7 @@ correct, complete and helpful the output is as its answer. Reply with a JSON obj
 {{"score": N}} where N is an integer from {MIN_SCORE} (useless) to {MAX_SCORE} (excellent)."""
 
 
-def build_score_messages(sample: Sample) -> list[Message]:
+def build_score_messages(sample: Sample) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": SCORE_SYSTEM_PROMPT},
         {"role": "user", "content": f"Rate this sample:\n{_render_answer(sample)}"},

@@ -42,7 +42,9 @@ class LLMJudgeScorer:
         self.usage = Usage()
 
     async def score(self, sample: Sample) -> float:
-        key = score_cache_key(self._backend.model, SCORE_PROMPT_VERSION, self._backend.sampling_params, sample)
+        key = score_cache_key(
+            self._backend.model, SCORE_PROMPT_VERSION, self._backend.sampling_params, sample
+        )
         if key not in self._known:
             cached = (await self._asker.lookup([key])).get(key)
             answer = await self._asker.answer(key, build_score_messages(sample), cached, self.usage)

@@ -1,0 +1,26 @@
+"""Jobs the sensors target: the unpartitioned upstream, and one cluster's per-cluster assets."""
+
+import dagster as dg
+
+from mergeit_assets.assets.merging import merged_samples
+from mergeit_assets.assets.selection import (
+    instruction_embeddings,
+    merge_pairs,
+    selected_subset,
+    source_instructions,
+    topic_clusters,
+)
+from mergeit_assets.partitions import clusters_partitions
+
+ingest_and_cluster_job = dg.define_asset_job(
+    "ingest_and_cluster",
+    selection=[source_instructions, instruction_embeddings, topic_clusters],
+    description="Read the sources, embed new rows, re-cluster.",
+)
+
+refresh_cluster_job = dg.define_asset_job(
+    "refresh_cluster",
+    selection=[selected_subset, merge_pairs, merged_samples],
+    partitions_def=clusters_partitions,
+    description="Select, group and merge one cluster.",
+)
