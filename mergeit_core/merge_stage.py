@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import ChatBackend, LLMConfig
-from mergeit_core.merge.engine import MergeGroup, run_merges
+from mergeit_core.merge.clients import LLMConfig, open_backend
+from mergeit_core.merge.engine import MergeGroup, MergeReport, run_merges
 from mergeit_core.merge.prompt import PROMPT_VERSION
-from mergeit_core.merge.quality import Scorer
+from mergeit_core.merge.quality import LLMJudgeScorer
 from mergeit_core.records import Sample
 from mergeit_core.stages import now_utc, record_partition_membership
 from mergeit_core.store import connect, insert_columns, run_sql, transaction
@@ -49,24 +49,30 @@ def load_merge_groups(db_path: str | Path, cluster_keys: Sequence[str]) -> list[
 def merge_clusters(
     db_path: str | Path,
     cluster_keys: Sequence[str],
-    backend: ChatBackend,
     config: LLMConfig,
     *,
-    scorer: Scorer | None = None,
+    quality_gate: bool = False,
     run_id: str | None = None,
 ) -> MergeStats:
     """Merge every group of the given clusters in one pool of concurrent requests, then replace
     each cluster's merged_samples rows. Answers are cached as they arrive, so a rerun after a
-    crash only asks for what is missing."""
+    crash only asks for what is missing. With no group to merge, no LLM is started."""
     groups = load_merge_groups(db_path, cluster_keys)
-    report = run_merges(groups, backend, DuckDBResponseCache(db_path), config, scorer=scorer)
+    report = MergeReport.of([], 0.0)
+    model = backend_name = ""
+    if groups:
+        cache = DuckDBResponseCache(db_path)
+        with open_backend(config) as backend:
+            scorer = LLMJudgeScorer(backend, cache) if quality_gate else None
+            report = run_merges(groups, backend, cache, config, scorer=scorer)
+            model, backend_name = backend.model, backend.backend
     outcomes = {outcome.group_id: outcome for outcome in report.outcomes}
+    rows = [(group, outcomes[group.group_id]) for group in groups]
     sampling = json.dumps(config.sampling_params(), sort_keys=True)
     now = now_utc()
     with connect(db_path) as conn, transaction(conn):
         for cluster_key in cluster_keys:
             conn.execute("DELETE FROM merged_samples WHERE cluster_key = ?", [cluster_key])
-        rows = [(group, outcomes[group.group_id]) for group in groups]
         insert_columns(conn, "merged_samples", {
             "group_id": [g.group_id for g, _ in rows],
             "cluster_key": [g.cluster_key for g, _ in rows],
@@ -74,8 +80,8 @@ def merge_clusters(
             "instruction": pa.array([o.sample.instruction if o.sample else None for _, o in rows], pa.string()),
             "input": pa.array([o.sample.input if o.sample else None for _, o in rows], pa.string()),
             "output": pa.array([o.sample.output if o.sample else None for _, o in rows], pa.string()),
-            "model": [backend.model] * len(rows),
-            "backend": [backend.backend] * len(rows),
+            "model": [model] * len(rows),
+            "backend": [backend_name] * len(rows),
             "prompt_version": [PROMPT_VERSION] * len(rows),
             "sampling_params": [sampling] * len(rows),
             "quality_score": pa.array([o.quality_score for _, o in rows], pa.float64()),

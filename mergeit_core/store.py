@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -66,6 +67,22 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(read_sql("views.sql"))
 
 
+_bootstrapped: set[tuple[str, int]] = set()
+_bootstrap_lock = threading.Lock()
+
+
+def _ensure_schema_once(conn: duckdb.DuckDBPyConnection, path: str | Path) -> None:
+    """Bootstrap each file once per process: replacing the views on every connection makes two
+    connections opened at the same moment conflict on the catalog. Keyed by inode as well, so a
+    file deleted and created anew is bootstrapped again."""
+    resolved = Path(path).resolve()
+    key = (str(resolved), resolved.stat().st_ino)
+    with _bootstrap_lock:
+        if key not in _bootstrapped:
+            ensure_schema(conn)
+            _bootstrapped.add(key)
+
+
 def _is_lock_error(error: Exception) -> bool:
     return "lock" in str(error).lower()
 
@@ -89,7 +106,7 @@ def connect(
             delay = min(delay * 2, 1.0)
     try:
         if not read_only:
-            ensure_schema(conn)
+            _ensure_schema_once(conn, path)
         yield conn
     finally:
         conn.close()

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import pytest
-
-from mergeit_core.settings import BUNDLED_SAMPLE
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_6K = REPO_ROOT.parent / "shared" / "data" / "mergeit-6k.json"
-
-warnings.filterwarnings("ignore", message=".*is currently in beta.*")
-
-
-def bundled_rows() -> list[dict]:
-    return [json.loads(line) for line in BUNDLED_SAMPLE.read_text(encoding="utf-8").splitlines()]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+from llm_support import llama_server  # noqa: F401  (one real llama.cpp server per test session)
+from support import bundled_rows, write_jsonl
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSetting
 from mergeit_assets.sensors import PER_CLUSTER_SELECTION, source_files_sensor, stale_clusters_sensor
 from mergeit_core.merge.clients import LlamaCppServer
 from mergeit_core.store import connect
-from tests.conftest import bundled_rows, write_jsonl
-from tests.llm_support import llama_server  # noqa: F401  (session fixture)
-from tests.test_dagster_graph import assert_lineage_invariants
+from support import bundled_rows, write_jsonl
+from test_dagster_graph import assert_lineage_invariants
 
 pytestmark = pytest.mark.llm
 
@@ -84,13 +83,13 @@ class Platform:
 
 
 @pytest.fixture
-def platform(tmp_path: Path, llama_server: LlamaCppServer):  # noqa: F811
+def platform(tmp_path: Path, llama_server: LlamaCppServer):
     os.environ.setdefault("MERGEIT_TEST_KEY", "sk-local-not-a-secret")
     with dg.instance_for_test() as instance:
         yield Platform(instance, tmp_path / "watched", tmp_path / "mergeit.duckdb", llama_server)
 
 
-def test_new_file_reruns_only_what_it_affects(platform: Platform, llama_server: LlamaCppServer) -> None:  # noqa: F811
+def test_new_file_reruns_only_what_it_affects(platform: Platform, llama_server: LlamaCppServer) -> None:
     rows = bundled_rows()
     settled(write_jsonl(platform.folder / "base.jsonl", rows[:200]))
     first = platform.source_tick()

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import httpx
-import llm_support
 import pytest
 
 from mergeit_core.merge.cache import DuckDBResponseCache
@@ -25,7 +24,6 @@ from mergeit_core.merge.engine import MergeGroup, run_merges
 from mergeit_core.records import Sample
 
 pytestmark = pytest.mark.llm
-llama_server = llm_support.llama_server  # the session-wide server fixture
 
 # A schema no model answers unprompted: an enum of made-up codes and a constant.
 CODE_SCHEMA = {

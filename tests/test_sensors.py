@@ -12,7 +12,7 @@ import pytest
 
 from mergeit_assets.resources import PipelineSettings
 from mergeit_assets.sensors import CHANGED_FILES_TAG, UPSTREAM_SELECTION, source_files_sensor
-from tests.conftest import bundled_rows, write_jsonl
+from support import bundled_rows, write_jsonl
 
 
 def settled(path: Path, age_s: float = 120) -> Path:

@@ -7,15 +7,15 @@ from mergeit_assets.assets.selection import PER_CLUSTER_BACKFILL, merge_pairs, s
 from mergeit_assets.partitions import clusters_partitions
 from mergeit_assets.resources import LLMResource, MergeitDuckDB
 from mergeit_core import merge_stage, stages
-from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import open_backend
-from mergeit_core.merge.quality import LLMJudgeScorer
 
 
 @dg.asset(
     deps=[merge_pairs],
     partitions_def=clusters_partitions,
     backfill_policy=PER_CLUSTER_BACKFILL,
+    # Runs share one LLM endpoint (and the embedded server shares 2 cores): the instance caps
+    # how many merged_samples steps execute at once (dagster_home/dagster.yaml).
+    pool="llm",
     group_name="merging",
     kinds={"duckdb", "openai"},
     description="One LLM-merged sample per merge group (status merged / failed / rejected_by_quality).",
@@ -24,11 +24,9 @@ def merged_samples(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, llm: LLMResource
 ) -> dg.MaterializeResult:
     config = llm.to_config()
-    with open_backend(config) as backend:
-        scorer = LLMJudgeScorer(backend, DuckDBResponseCache(duckdb.database)) if llm.quality_gate else None
-        stats = merge_stage.merge_clusters(
-            duckdb.database, context.partition_keys, backend, config, scorer=scorer, run_id=context.run.run_id
-        )
+    stats = merge_stage.merge_clusters(
+        duckdb.database, context.partition_keys, config, quality_gate=llm.quality_gate, run_id=context.run.run_id
+    )
     context.log.info(
         f"{stats.groups} groups: {stats.merged} merged, {stats.failed} failed, "
         f"{stats.rejected_by_quality} rejected by quality; {stats.requests} requests, {stats.cache_hits} cache hits"

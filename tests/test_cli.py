@@ -1,0 +1,93 @@
+"""`mergeit` as a user runs it: a subprocess on the bundled sample, then lineage and export."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mergeit_core.store import connect
+
+pytestmark = pytest.mark.llm
+
+SUMMARY = re.compile(
+    r"rows read (\d+) / accepted (\d+) / rejected (\d+) / duplicate (\d+); clusters (\d+); selected (\d+); "
+    r"merge groups (\d+); merged (\d+); failed (\d+); rejected by quality (\d+); final rows (\d+)"
+)
+
+
+def mergeit(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mergeit_assets.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, start_new_session=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    workdir = tmp_path_factory.mktemp("cli")
+    result = mergeit("run", "--dagster-home", str(workdir / "home"), cwd=workdir)
+    return workdir, result
+
+
+def test_run_on_the_bundled_sample_prints_the_summary(finished_run) -> None:
+    workdir, result = finished_run
+    assert result.returncode == 0, result.stderr[-4000:]
+    match = SUMMARY.search(result.stdout)
+    assert match, result.stdout
+    read, accepted, rejected, duplicate, clusters, selected, groups, merged, failed, by_quality, final = map(int, match.groups())
+    assert (read, accepted, rejected, duplicate) == (308, 308, 0, 0)
+    assert clusters == 12  # int(sqrt(308 / 2))
+    assert selected == 308  # every cluster is smaller than the budget of 75: kept whole
+    assert groups > 0 and merged + failed + by_quality == groups
+    assert final == selected - merged
+    db = workdir / "mergeit.duckdb"
+    assert str(db) in result.stdout
+    with connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0] == final
+    # The embedded server was stopped: no llama_cpp.server outlives the run (servers this test
+    # process started itself, such as a shared fixture's, are its own children).
+    processes = subprocess.run(["ps", "-eo", "ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    orphans = [p for p in processes if "llama_cpp.server" in p and int(p.split()[0]) != os.getpid()]
+    assert orphans == []
+
+
+def test_lineage_shows_a_merged_sample_beside_its_sources(finished_run) -> None:
+    workdir, _ = finished_run
+    with connect(workdir / "mergeit.duckdb") as conn:
+        rows = conn.execute("SELECT sample_id FROM merged_dataset WHERE origin = 'merged' ORDER BY sample_id LIMIT 1").fetchall()
+    if not rows:
+        pytest.skip("the tiny model produced no valid merge in this run")
+    [(sample_id,)] = rows
+    shown = mergeit("lineage", sample_id, cwd=workdir, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("-- source ") == 2
+    assert "alpaca_sample.jsonl:" in shown.stdout
+    as_json = json.loads(mergeit("lineage", sample_id, "--json", cwd=workdir, timeout=120).stdout)
+    assert as_json["sample_id"] == sample_id and len(as_json["sources"]) == 2
+    assert all(s["source_row"] >= 1 and s["prompt_version"] for s in as_json["sources"])
+
+
+def test_lineage_of_an_unknown_sample_fails_clearly(finished_run) -> None:
+    workdir, _ = finished_run
+    shown = mergeit("lineage", "nope", cwd=workdir, timeout=120)
+    assert shown.returncode == 1 and "no sample 'nope'" in shown.stderr
+
+
+def test_export_writes_alpaca_jsonl_and_parquet(finished_run) -> None:
+    workdir, result = finished_run
+    final = int(SUMMARY.search(result.stdout).group(11))
+    for name in ("out.jsonl", "out.parquet"):
+        exported = mergeit("export", name, cwd=workdir, timeout=120)
+        assert exported.returncode == 0, exported.stderr
+    lines = (workdir / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == final
+    assert set(json.loads(lines[0])) == {"instruction", "input", "output"}
+    table = pq.read_table(workdir / "out.parquet")
+    assert table.num_rows == final and table.column_names == ["instruction", "input", "output"]
