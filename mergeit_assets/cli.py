@@ -46,6 +46,7 @@ def _resources(args: argparse.Namespace) -> dict[str, object]:
         "base_url": args.base_url,
         "concurrency": args.concurrency,
         "quality_gate": args.quality_gate or None,
+        "structured_output": args.structured_output,
     }
     return {
         "duckdb": MergeitDuckDB(database=str(Path(args.db).resolve())),
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--llm", choices=BACKENDS, help="LLM backend (default $MERGEIT_LLM_BACKEND or llama_cpp)")
     run.add_argument("--model", help="model name, or a GGUF path for llama_cpp")
     run.add_argument("--base-url", help="OpenAI-compatible endpoint for --llm openai")
+    run.add_argument("--structured-output", choices=("json_schema", "json_object_schema"),
+                     help="schema form: json_schema (OpenAI, vLLM; default) or json_object_schema (a llama.cpp server)")
     run.add_argument("--concurrency", type=int, help="LLM requests in flight (default 8)")
     run.add_argument("--budget", type=int, help="facility-location budget per cluster (default 75)")
     run.add_argument("--threshold", type=float, help="similarity a merge group must exceed (default 0.55)")

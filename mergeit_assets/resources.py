@@ -55,6 +55,8 @@ class LLMResource(dg.ConfigurableResource):
     temperature: float = Field(default=0.25)
     max_tokens: int = Field(default=768)
     concurrency: int = Field(default=8, description="Requests in flight.")
+    request_timeout_s: float = Field(default=120.0, description="One HTTP request.")
+    max_retries: int = Field(default=4, description="Retries of timeouts, 429 (honouring Retry-After) and 5xx.")
     quality_gate: bool = Field(default=False, description="Keep a merge only if an LLM judge scores it above its sources' mean.")
     structured_output: str | None = Field(
         default=None,
@@ -82,6 +84,8 @@ class LLMResource(dg.ConfigurableResource):
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             concurrency=self.concurrency,
+            request_timeout_s=self.request_timeout_s,
+            max_retries=self.max_retries,
             structured_output=self.structured_output or None,
         )
 
