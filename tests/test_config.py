@@ -1,0 +1,67 @@
+"""One configuration, three ways in: environment variables, Dagster run config, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mergeit_assets import cli, pipeline
+from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
+from mergeit_core.settings import BUNDLED_SAMPLE
+
+
+def test_environment_variables_set_the_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MERGEIT_SOURCES", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    monkeypatch.setenv("MERGEIT_BUDGET", "30")
+    monkeypatch.setenv("MERGEIT_THRESHOLD", "0.7")
+    monkeypatch.setenv("MERGEIT_LLM_BACKEND", "openai")
+    monkeypatch.setenv("MERGEIT_LLM_MODEL", "gpt-4o")
+    monkeypatch.setenv("MERGEIT_LLM_API_KEY_ENV", "MY_KEY")
+    pipeline_settings, llm = PipelineSettings.from_env(), LLMResource.from_env()
+    assert pipeline_settings.sources == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert (pipeline_settings.selection_budget, pipeline_settings.similarity_threshold) == (30, 0.7)
+    config = llm.to_config()
+    assert (config.backend, config.model, config.api_key_env) == ("openai", "gpt-4o", "MY_KEY")
+
+
+def test_defaults_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MERGEIT_SOURCES", "MERGEIT_BUDGET", "MERGEIT_THRESHOLD", "MERGEIT_LLM_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    settings = PipelineSettings.from_env()
+    assert settings.sources == [str(BUNDLED_SAMPLE)]
+    assert (settings.selection_budget, settings.similarity_threshold, settings.max_group_size) == (75, 0.55, 2)
+    assert LLMResource.from_env().to_config().temperature == 0.25
+
+
+def test_run_config_overrides_resources_as_the_launchpad_does(tmp_path: Path) -> None:
+    resources = {
+        "duckdb": MergeitDuckDB(database=str(tmp_path / "m.duckdb")),
+        "pipeline": PipelineSettings(sources=[str(tmp_path / "missing")]),
+        "llm": LLMResource(),
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            pipeline.ALL_ASSETS, selection=[pipeline.selection.source_instructions], instance=instance,
+            resources=resources,
+            run_config={"resources": {"pipeline": {"config": {"sources": [str(BUNDLED_SAMPLE)]}}}},
+        )
+    assert result.asset_materializations_for_node("source_instructions")[0].metadata["dagster/row_count"].value == 308
+
+
+def test_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MERGEIT_BUDGET", "30")
+    monkeypatch.setenv("MERGEIT_LLM_BACKEND", "openai")
+    monkeypatch.setenv("MERGEIT_LLM_MODEL", "from-env")
+    args = cli.build_parser().parse_args([
+        "run", str(tmp_path / "src"), "--db", str(tmp_path / "x.duckdb"), "--budget", "12",
+        "--threshold", "0.6", "--llm", "openai", "--model", "m", "--base-url", "http://127.0.0.1:1/v1",
+    ])
+    resources = cli._resources(args)
+    assert resources["pipeline"].sources == [str((tmp_path / "src").resolve())]
+    assert (resources["pipeline"].selection_budget, resources["pipeline"].similarity_threshold) == (12, 0.6)
+    assert (resources["llm"].model, resources["llm"].base_url) == ("m", "http://127.0.0.1:1/v1")
+    assert resources["duckdb"].database == str((tmp_path / "x.duckdb").resolve())
+    from_env = cli._resources(cli.build_parser().parse_args(["run"]))
+    assert from_env["pipeline"].selection_budget == 30 and from_env["llm"].model == "from-env"
