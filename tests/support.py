@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
+from mergeit_core.merge.clients import LlamaCppServer
 from mergeit_core.settings import BUNDLED_SAMPLE
 
 
@@ -18,3 +21,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+def settled(path: Path, age_s: float = 120) -> Path:
+    """Give a finished file an mtime in the past, as a file written a while ago has."""
+    past = time.time() - age_s
+    os.utime(path, (past, past))
+    return path
+
+
+def served_requests(server: LlamaCppServer) -> int:
+    """Chat requests the llama.cpp server has answered, read from its own access log."""
+    return server.log_tail(max_chars=10**9).count("POST /v1/chat/completions")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -17,23 +16,12 @@ from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSetting
 from mergeit_assets.sensors import PER_CLUSTER_SELECTION, source_files_sensor, stale_clusters_sensor
 from mergeit_core.merge.clients import LlamaCppServer
 from mergeit_core.store import connect
-from support import bundled_rows, write_jsonl
+from support import bundled_rows, served_requests, settled, write_jsonl
 from test_dagster_graph import assert_lineage_invariants
 
 pytestmark = pytest.mark.llm
 
-CHAT_REQUEST = "POST /v1/chat/completions"
 
-
-def settled(path: Path) -> Path:
-    past = time.time() - 120
-    os.utime(path, (past, past))
-    return path
-
-
-def served_requests(server: LlamaCppServer) -> int:
-    """Chat requests the llama.cpp server has answered, read from its own access log."""
-    return server.log_tail(max_chars=10**9).count(CHAT_REQUEST)
 
 
 class Platform:

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from llm_support import Fail, Reply, ScriptedServer, merge_json
+from support import served_requests
 from test_dagster_graph import assert_lineage_invariants
 
 from mergeit_assets import pipeline
@@ -50,9 +51,6 @@ def scalar(db: Path, sql: str):
     with connect(db) as conn:
         return conn.execute(sql).fetchall()[0][0]
 
-
-def served_requests(server: LlamaCppServer) -> int:
-    return server.log_tail(max_chars=10**9).count("POST /v1/chat/completions")
 
 
 @pytest.mark.llm

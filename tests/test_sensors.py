@@ -12,14 +12,8 @@ import pytest
 
 from mergeit_assets.resources import PipelineSettings
 from mergeit_assets.sensors import CHANGED_FILES_TAG, UPSTREAM_SELECTION, source_files_sensor
-from support import bundled_rows, write_jsonl
+from support import bundled_rows, settled, write_jsonl
 
-
-def settled(path: Path, age_s: float = 120) -> Path:
-    """Give a finished file an mtime in the past, as a file written a while ago has."""
-    past = time.time() - age_s
-    os.utime(path, (past, past))
-    return path
 
 
 def tick(instance: dg.DagsterInstance, folder: Path, cursor: str | None):
