@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -29,15 +28,21 @@ def mergeit(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Completed
     )
 
 
+def llama_servers() -> set[int]:
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    return {int(line.split()[0]) for line in listing if "llama_cpp.server" in line}
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess, set[int]]:
     workdir = tmp_path_factory.mktemp("cli")
+    servers_before = llama_servers()
     result = mergeit("run", "--dagster-home", str(workdir / "home"), cwd=workdir)
-    return workdir, result
+    return workdir, result, llama_servers() - servers_before
 
 
 def test_run_on_the_bundled_sample_prints_the_summary(finished_run) -> None:
-    workdir, result = finished_run
+    workdir, result, leftover_servers = finished_run
     assert result.returncode == 0, result.stderr[-4000:]
     match = SUMMARY.search(result.stdout)
     assert match, result.stdout
@@ -51,15 +56,12 @@ def test_run_on_the_bundled_sample_prints_the_summary(finished_run) -> None:
     assert str(db) in result.stdout
     with connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0] == final
-    # The embedded server was stopped: no llama_cpp.server outlives the run (servers this test
-    # process started itself, such as a shared fixture's, are its own children).
-    processes = subprocess.run(["ps", "-eo", "ppid=,args="], capture_output=True, text=True).stdout.splitlines()
-    orphans = [p for p in processes if "llama_cpp.server" in p and int(p.split()[0]) != os.getpid()]
-    assert orphans == []
+    # The embedded server the run started was stopped with it.
+    assert leftover_servers == set()
 
 
 def test_lineage_shows_a_merged_sample_beside_its_sources(finished_run) -> None:
-    workdir, _ = finished_run
+    workdir, _, _ = finished_run
     with connect(workdir / "mergeit.duckdb") as conn:
         rows = conn.execute("SELECT sample_id FROM merged_dataset WHERE origin = 'merged' ORDER BY sample_id LIMIT 1").fetchall()
     if not rows:
@@ -75,13 +77,13 @@ def test_lineage_shows_a_merged_sample_beside_its_sources(finished_run) -> None:
 
 
 def test_lineage_of_an_unknown_sample_fails_clearly(finished_run) -> None:
-    workdir, _ = finished_run
+    workdir, _, _ = finished_run
     shown = mergeit("lineage", "nope", cwd=workdir, timeout=120)
     assert shown.returncode == 1 and "no sample 'nope'" in shown.stderr
 
 
 def test_export_writes_alpaca_jsonl_and_parquet(finished_run) -> None:
-    workdir, result = finished_run
+    workdir, result, _ = finished_run
     final = int(SUMMARY.search(result.stdout).group(11))
     for name in ("out.jsonl", "out.parquet"):
         exported = mergeit("export", name, cwd=workdir, timeout=120)

@@ -40,6 +40,7 @@ def merged_samples(
             "failed": stats.failed,
             "rejected_by_quality": stats.rejected_by_quality,
             "cache_hits": stats.cache_hits,
+            "groups_remerged": stats.groups - stats.cache_hits,
             "requests": stats.requests,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
