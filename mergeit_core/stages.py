@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -372,7 +372,6 @@ class RunSummary:
     rejected_by_quality: int = 0
     final_rows: int = 0
     db_path: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def summarize(db_path: str | Path) -> RunSummary:
