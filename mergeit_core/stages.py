@@ -239,10 +239,6 @@ def stale_partitions(db_path: str | Path) -> list[str]:
     return [key for (key,) in rows]
 
 
-def live_cluster_keys(db_path: str | Path) -> list[str]:
-    with connect(db_path) as conn:
-        return [key for (key,) in conn.execute("SELECT cluster_key FROM clusters ORDER BY cluster_key").fetchall()]
-
 
 # --- selected_subset -----------------------------------------------------------------------------
 

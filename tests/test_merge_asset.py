@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 from llm_support import Fail, Reply, ScriptedServer, merge_json
 from support import served_requests
-from test_dagster_graph import assert_lineage_invariants
+from test_dagster_graph import assert_lineage_invariants, scalar
 
 from mergeit_assets import pipeline
 from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
@@ -45,11 +45,6 @@ def merge_all_partitions(instance: dg.DagsterInstance, resources: dict, llm: LLM
                                   tags=pipeline.partition_range_tags(keys))
     assert result.success
     return result
-
-
-def scalar(db: Path, sql: str):
-    with connect(db) as conn:
-        return conn.execute(sql).fetchall()[0][0]
 
 
 
