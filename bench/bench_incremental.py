@@ -25,7 +25,7 @@ from mergeit_assets import pipeline
 from mergeit_assets.definitions import defs
 from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
 from mergeit_assets.sensors import source_files_sensor, stale_clusters_sensor
-from mergeit_core.merge.clients import LlamaCppServer, default_gguf_path
+from mergeit_core.merge.llama_server import LlamaCppServer, default_gguf_path
 from mergeit_core.store import connect
 
 warnings.filterwarnings("ignore")

@@ -15,9 +15,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import ChatBackend, LLMConfig, open_backend
 from mergeit_core.merge.engine import MergeGroup, MergeReport, run_merges
+from mergeit_core.merge.llm import ChatBackend, LLMConfig
 from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA, build_merge_messages
 from mergeit_core.records import Sample
 

@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mergeit_core import settings
-from mergeit_core.merge.clients import LLMConfig
+from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.store import connect
 
 

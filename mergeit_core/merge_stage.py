@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import LLMConfig, open_backend
 from mergeit_core.merge.engine import MergeGroup, MergeReport, run_merges
+from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.merge.prompt import PROMPT_VERSION
 from mergeit_core.merge.quality import LLMJudgeScorer
 from mergeit_core.records import Sample

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import pytest
 
-from mergeit_core.merge.clients import LlamaCppServer, default_gguf_path
+from mergeit_core.merge.llama_server import LlamaCppServer, default_gguf_path
 from mergeit_core.records import Sample
 
 
@@ -29,6 +29,7 @@ class Reply:
     delay_s: float = 0.0  # beyond the client's timeout, this is a slow server
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    finish_reason: str = "stop"  # "length": cut at max_tokens
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "created": int(time.time()),
         "model": body.get("model", "scripted"),
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": reply.content}, "finish_reason": "stop"}
+            {"index": 0, "message": {"role": "assistant", "content": reply.content}, "finish_reason": reply.finish_reason}
         ],
         "usage": {
             "prompt_tokens": reply.prompt_tokens,

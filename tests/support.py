@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from mergeit_core.merge.clients import LlamaCppServer
+from mergeit_core.merge.llama_server import LlamaCppServer
 from mergeit_core.settings import BUNDLED_SAMPLE
 
 

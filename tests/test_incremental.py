@@ -9,15 +9,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from support import bundled_rows, served_requests, settled, write_jsonl
+from test_dagster_graph import assert_lineage_invariants
 
 from mergeit_assets import pipeline
 from mergeit_assets.definitions import defs
 from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
 from mergeit_assets.sensors import PER_CLUSTER_SELECTION, source_files_sensor, stale_clusters_sensor
-from mergeit_core.merge.clients import LlamaCppServer
+from mergeit_core.merge.llama_server import LlamaCppServer
 from mergeit_core.store import connect
-from support import bundled_rows, served_requests, settled, write_jsonl
-from test_dagster_graph import assert_lineage_invariants
 
 pytestmark = pytest.mark.llm
 

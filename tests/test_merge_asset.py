@@ -19,7 +19,7 @@ from test_dagster_graph import assert_lineage_invariants, scalar
 
 from mergeit_assets import pipeline
 from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
-from mergeit_core.merge.clients import LlamaCppServer
+from mergeit_core.merge.llama_server import LlamaCppServer
 from mergeit_core.store import connect
 
 # A low threshold gives many groups on 120 rows, so "halfway" means something.

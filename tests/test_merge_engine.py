@@ -12,10 +12,11 @@ import pytest
 from llm_support import merge_json, sample
 
 from mergeit_core.merge.cache import DuckDBResponseCache, merge_cache_key, score_cache_key
-from mergeit_core.merge.clients import ChatResponse, LLMConfig, Message, MicroBatchingBackend
 from mergeit_core.merge.engine import MergeGroup, run_merges
+from mergeit_core.merge.llm import ChatResponse, LLMConfig, Message
 from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA, SCORE_SCHEMA, parse_merged_sample
 from mergeit_core.merge.quality import LLMJudgeScorer
+from mergeit_core.merge.vllm_backend import MicroBatchingBackend
 from mergeit_core.records import Sample
 
 CONFIG = LLMConfig(backend="openai", model="fake-model", max_tokens=64, concurrency=3)

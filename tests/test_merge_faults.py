@@ -11,9 +11,10 @@ import duckdb
 import pytest
 from llm_support import Fail, Reply, ScriptedServer, in_order, last_user_message, merge_json, sample
 
+from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import LLMConfig, LLMConfigurationError, open_backend
 from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
+from mergeit_core.merge.llm import LLMConfig, LLMConfigurationError
 from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA
 
 KEY_ENV = "MERGEIT_TEST_LLM_KEY"

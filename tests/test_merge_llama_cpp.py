@@ -10,17 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import (
-    LlamaCppServer,
-    LLMConfig,
-    LLMUnavailableError,
-    OpenAICompatibleBackend,
-    StructuredOutputForm,
-    default_gguf_path,
-    open_backend,
-)
 from mergeit_core.merge.engine import MergeGroup, run_merges
+from mergeit_core.merge.llama_server import LlamaCppServer, default_gguf_path
+from mergeit_core.merge.llm import LLMConfig, LLMUnavailableError, StructuredOutputForm
+from mergeit_core.merge.openai_backend import OpenAICompatibleBackend
 from mergeit_core.records import Sample
 
 pytestmark = pytest.mark.llm

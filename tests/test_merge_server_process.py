@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mergeit_core.merge.clients import LlamaCppServer
+from mergeit_core.merge.llama_server import LlamaCppServer
 
 # Answers /v1/models with the model alias and its own SIGTERM disposition; may ignore SIGTERM.
 STAND_IN = """

@@ -15,9 +15,11 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (optional extra 'vllm'; GPU machines only)")
 
+from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.clients import LLMConfig, VLLMOfflineBackend, open_backend
 from mergeit_core.merge.engine import MergeGroup, run_merges
+from mergeit_core.merge.llm import LLMConfig
+from mergeit_core.merge.vllm_backend import VLLMOfflineBackend
 from mergeit_core.records import Sample
 
 pytestmark = pytest.mark.llm

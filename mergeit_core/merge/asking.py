@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from mergeit_core.merge.cache import CachedResponse, CachePurpose, DuckDBResponseCache
-from mergeit_core.merge.clients import ChatBackend, ChatResponse, Message
+from mergeit_core.merge.llm import ChatBackend, ChatResponse, Message
 from mergeit_core.merge.prompt import InvalidResponseError
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from mergeit_core.merge.asking import CachedAsker, Usage
 from mergeit_core.merge.cache import CachedResponse, DuckDBResponseCache, merge_cache_key
-from mergeit_core.merge.clients import BatchChatBackend, ChatBackend, LLMConfig, LLMError, Message
+from mergeit_core.merge.llm import BatchChatBackend, ChatBackend, LLMConfig, LLMError, Message
 from mergeit_core.merge.prompt import (
     MERGED_SAMPLE_SCHEMA,
     PROMPT_VERSION,

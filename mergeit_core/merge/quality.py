@@ -6,7 +6,7 @@ from typing import Protocol
 
 from mergeit_core.merge.asking import CachedAsker, Usage
 from mergeit_core.merge.cache import DuckDBResponseCache, score_cache_key
-from mergeit_core.merge.clients import ChatBackend
+from mergeit_core.merge.llm import ChatBackend
 from mergeit_core.merge.prompt import (
     SCORE_PROMPT_VERSION,
     SCORE_SCHEMA,
