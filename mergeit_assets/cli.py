@@ -9,50 +9,60 @@ import sys
 import time
 from pathlib import Path
 
+from mergeit_assets import instance_home
 from mergeit_core import settings
 from mergeit_core.export import export_dataset
+from mergeit_core.merge.llm import DEFAULT_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_FORMS
+from mergeit_core.settings import SettingError
 from mergeit_core.stages import summarize
 from mergeit_core.store import connect, run_sql
 
-BACKENDS = ("llama_cpp", "openai", "vllm")
-
-
-def _instance_home(args: argparse.Namespace) -> Path:
-    """$DAGSTER_HOME, else ./dagster_home when run from the repository, else beside the DB file."""
-    if args.dagster_home:
-        return Path(args.dagster_home)
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    repo_home = Path("dagster_home")
-    if (repo_home / "dagster.yaml").is_file():
-        return repo_home
-    return Path(args.db).resolve().parent / ".mergeit_dagster_home"
+# Settings as the CLI names them, for one-line errors.
+FLAG_OF_SETTING = {
+    "sources": "SOURCE",
+    "selection_budget": "--budget",
+    "similarity_threshold": "--threshold",
+    "max_group_size": "--max-group-size",
+    "backend": "--llm",
+    "model": "--model",
+    "base_url": "--base-url",
+    "concurrency": "--concurrency",
+    "structured_output": "--structured-output",
+}
 
 
 def _resources(args: argparse.Namespace) -> dict[str, object]:
-    from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
+    """Validated resources for ``args`` (flags over environment), before anything is written."""
+    from pydantic import ValidationError
 
-    pipeline = PipelineSettings.from_env()
-    llm = LLMResource.from_env()
-    pipeline_overrides = {
-        "sources": [str(Path(s).resolve()) for s in args.sources] or None,
-        "selection_budget": args.budget,
-        "similarity_threshold": args.threshold,
-        "max_group_size": args.max_group_size,
-    }
-    llm_overrides = {
-        "backend": args.llm,
-        "model": args.model,
-        "base_url": args.base_url,
-        "concurrency": args.concurrency,
-        "quality_gate": args.quality_gate or None,
-        "structured_output": args.structured_output,
-    }
-    return {
-        "duckdb": MergeitDuckDB(database=str(Path(args.db).resolve())),
-        "pipeline": pipeline.model_copy(update={k: v for k, v in pipeline_overrides.items() if v is not None}),
-        "llm": llm.model_copy(update={k: v for k, v in llm_overrides.items() if v is not None}),
-    }
+    from mergeit_assets.resources import build_resources
+
+    sources = [str(Path(s).resolve()) for s in args.sources] or None
+    if sources:
+        settings.check_sources_exist(sources)
+    try:
+        return build_resources(
+            args.db,
+            pipeline={
+                "sources": sources,
+                "selection_budget": args.budget,
+                "similarity_threshold": args.threshold,
+                "max_group_size": args.max_group_size,
+            },
+            llm={
+                "backend": args.llm,
+                "model": args.model,
+                "base_url": args.base_url,
+                "concurrency": args.concurrency,
+                "quality_gate": args.quality_gate or None,
+                "structured_output": args.structured_output,
+            },
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = first["loc"][0] if first["loc"] else None
+        message = str(first.get("ctx", {}).get("error") or first["msg"])
+        raise SettingError(f"{FLAG_OF_SETTING.get(field, field)}: {message}" if field else message) from None
 
 
 def _print_summary(db_path: str, seconds: float) -> None:
@@ -66,27 +76,37 @@ def _print_summary(db_path: str, seconds: float) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    resources = _resources(args)
+    database = Path(resources["duckdb"].database)
+    home = instance_home.choose_home(args.dagster_home, database)
+
     import dagster as dg
 
     from mergeit_assets.pipeline import run_all
 
-    home = _instance_home(args).resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    instance_home.prepare(home, database)
     os.environ["DAGSTER_HOME"] = str(home)
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         try:
-            run_all(instance, _resources(args), log_level=args.log_level)
+            run_all(instance, resources, log_level=args.log_level)
         except dg.DagsterExecutionStepExecutionError as error:
             print(f"mergeit run failed in step {error.step_key}: {error.user_exception}", file=sys.stderr)
             return 1
-    _print_summary(str(Path(args.db).resolve()), time.perf_counter() - started)
-    print(f"Dagster runs recorded in {home} (view them with DAGSTER_HOME={home} dagster dev)")
+    _print_summary(str(database), time.perf_counter() - started)
+    print(f"Dagster runs recorded in {home} (view them with DAGSTER_HOME={home} MERGEIT_DB={database} dagster dev)")
     return 0
 
 
+def _existing_database(path: str) -> Path:
+    database = Path(path)
+    if not database.is_file():
+        raise SettingError(f"no database at {database.resolve()}: run `mergeit run` first, or pass --db")
+    return database
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
-    with connect(args.db) as conn:
+    with connect(_existing_database(args.db), read_only=True) as conn:
         [sample] = conn.execute(
             "SELECT sample_id, origin, cluster_key, instruction, input, output FROM merged_dataset WHERE sample_id = ?",
             [args.sample_id],
@@ -122,7 +142,7 @@ def _print_fields(instruction: str, input_: str, output: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    rows = export_dataset(args.db, args.out)
+    rows = export_dataset(_existing_database(args.db), args.out)
     print(f"wrote {rows} samples to {Path(args.out).resolve()}")
     return 0
 
@@ -133,14 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--db", default=settings.default_db_path(), help="DuckDB file (default $MERGEIT_DB or mergeit.duckdb)")
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
         return p
 
     run = with_db(sub.add_parser("run", help="materialize every asset for the given sources"))
     run.add_argument("sources", nargs="*", help="files or folders (default $MERGEIT_SOURCES or the bundled sample)")
-    run.add_argument("--llm", choices=BACKENDS, help="LLM backend (default $MERGEIT_LLM_BACKEND or llama_cpp)")
+    run.add_argument("--llm", choices=tuple(DEFAULT_STRUCTURED_OUTPUT), help="LLM backend (default $MERGEIT_LLM_BACKEND or llama_cpp)")
     run.add_argument("--model", help="model name, or a GGUF path for llama_cpp")
     run.add_argument("--base-url", help="OpenAI-compatible endpoint for --llm openai")
-    run.add_argument("--structured-output", choices=("json_schema", "json_object_schema"),
+    run.add_argument("--structured-output", choices=STRUCTURED_OUTPUT_FORMS,
                      help="schema form: json_schema (OpenAI, vLLM; default) or json_object_schema (a llama.cpp server)")
     run.add_argument("--concurrency", type=int, help="LLM requests in flight (default 8)")
     run.add_argument("--budget", type=int, help="facility-location budget per cluster (default 75)")
@@ -148,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-group-size", type=int, help="largest merge group (default 2)")
     run.add_argument("--quality-gate", action="store_true", help="keep merges only if an LLM judge scores them above their sources")
     run.add_argument("--log-level", default="INFO", help="Dagster console log level (default INFO)")
-    run.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./dagster_home)")
+    run.add_argument(
+        "--dagster-home",
+        help="Dagster instance folder (default $DAGSTER_HOME, else ./dagster_home when it serves this database, "
+        "else DB_STEM.dagster_home beside the database); one instance serves one database",
+    )
     run.set_defaults(handler=cmd_run)
 
     lineage = with_db(sub.add_parser("lineage", help="a final sample beside every source row behind it"))
@@ -164,7 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except SettingError as error:  # a value nothing can run with: refused before anything is written
+        print(f"mergeit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - a user sees one line; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"mergeit {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@ variables so the CLI, the UI's run config and the sensors agree."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from mergeit_core import settings
 from mergeit_core.merge.llm import LLMConfig
@@ -34,14 +36,35 @@ class PipelineSettings(dg.ConfigurableResource):
     kmeans_seed: int = Field(default=42)
     embed_batch_size: int = Field(default=64)
 
+    # The same rules hold however the value arrives: CLI flag, environment or launchpad run config.
+    @field_validator("selection_budget")
     @classmethod
-    def from_env(cls) -> PipelineSettings:
-        return cls(
-            sources=settings.default_sources(),
-            selection_budget=settings.env_int("MERGEIT_BUDGET", 75),
-            similarity_threshold=settings.env_float("MERGEIT_THRESHOLD", 0.55),
-            max_group_size=settings.env_int("MERGEIT_MAX_GROUP_SIZE", 2),
-        )
+    def _budget(cls, value: int) -> int:
+        settings.check_budget(value)
+        return value
+
+    @field_validator("similarity_threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        settings.check_threshold(value)
+        return value
+
+    @field_validator("max_group_size")
+    @classmethod
+    def _group_size(cls, value: int) -> int:
+        settings.check_max_group_size(value)
+        return value
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> PipelineSettings:
+        """Environment defaults, then ``overrides`` (None means "not given")."""
+        defaults: dict[str, Callable[[], Any]] = {
+            "sources": settings.default_sources,
+            "selection_budget": lambda: settings.env_int("MERGEIT_BUDGET", 75),
+            "similarity_threshold": lambda: settings.env_float("MERGEIT_THRESHOLD", 0.55),
+            "max_group_size": lambda: settings.env_int("MERGEIT_MAX_GROUP_SIZE", 2),
+        }
+        return cls(**_resolve(defaults, overrides))
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -49,7 +72,7 @@ class LLMResource(dg.ConfigurableResource):
     ``api_key_env`` when a request is made: it never appears in config, DuckDB or metadata."""
 
     backend: str = Field(default="llama_cpp", description="llama_cpp (embedded), openai (any compatible URL) or vllm (offline).")
-    model: str = Field(default="", description="Model name; for llama_cpp a GGUF path, empty for the bundled SmolLM2.")
+    model: str = Field(default="", description="Model name; for llama_cpp a GGUF path or a known name, empty for the bundled SmolLM2.")
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint for backend=openai.")
     api_key_env: str = Field(default="OPENAI_API_KEY")
     temperature: float = Field(default=0.25)
@@ -63,17 +86,24 @@ class LLMResource(dg.ConfigurableResource):
         description="json_schema (OpenAI, vLLM) or json_object_schema (llama.cpp servers); empty: the backend's default.",
     )
 
+    @model_validator(mode="after")
+    def _valid_llm_config(self) -> LLMResource:
+        self.to_config()  # raises SettingError naming the setting
+        return self
+
     @classmethod
-    def from_env(cls) -> LLMResource:
-        return cls(
-            backend=settings.env_str("MERGEIT_LLM_BACKEND", "llama_cpp"),
-            model=settings.env_str("MERGEIT_LLM_MODEL", ""),
-            base_url=settings.env_str("MERGEIT_LLM_BASE_URL", None),
-            api_key_env=settings.env_str("MERGEIT_LLM_API_KEY_ENV", "OPENAI_API_KEY"),
-            concurrency=settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
-            quality_gate=settings.env_str("MERGEIT_QUALITY_GATE", "0") in ("1", "true", "yes"),
-            structured_output=settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
-        )
+    def from_env(cls, **overrides: Any) -> LLMResource:
+        """Environment defaults, then ``overrides`` (None means "not given")."""
+        defaults: dict[str, Callable[[], Any]] = {
+            "backend": lambda: settings.env_str("MERGEIT_LLM_BACKEND", "llama_cpp"),
+            "model": lambda: settings.env_str("MERGEIT_LLM_MODEL", ""),
+            "base_url": lambda: settings.env_str("MERGEIT_LLM_BASE_URL", None),
+            "api_key_env": lambda: settings.env_str("MERGEIT_LLM_API_KEY_ENV", "OPENAI_API_KEY"),
+            "concurrency": lambda: settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
+            "quality_gate": lambda: settings.env_flag("MERGEIT_QUALITY_GATE"),
+            "structured_output": lambda: settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
+        }
+        return cls(**_resolve(defaults, overrides))
 
     def to_config(self) -> LLMConfig:
         return LLMConfig(
@@ -90,9 +120,23 @@ class LLMResource(dg.ConfigurableResource):
         )
 
 
-def default_resources() -> dict[str, object]:
+def _resolve(defaults: Mapping[str, Callable[[], Any]], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Given values win; a default is read (its environment variable parsed) only when needed."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return {key: read() for key, read in defaults.items() if key not in given} | given
+
+
+def build_resources(
+    db_path: str | Path | None = None,
+    *,
+    pipeline: Mapping[str, Any] | None = None,
+    llm: Mapping[str, Any] | None = None,
+) -> dict[str, dg.ConfigurableResource]:
+    """The resources every entry point uses (Definitions, `mergeit run`, tests): environment
+    defaults with the given overrides, as NEW resources. Dagster resolves a resource's config from
+    its constructor arguments, so editing a built one (``model_copy``) would not reach the run."""
     return {
-        "duckdb": MergeitDuckDB(database=settings.default_db_path()),
-        "pipeline": PipelineSettings.from_env(),
-        "llm": LLMResource.from_env(),
+        "duckdb": MergeitDuckDB(database=str(Path(db_path or settings.default_db_path()).resolve())),
+        "pipeline": PipelineSettings.from_env(**(pipeline or {})),
+        "llm": LLMResource.from_env(**(llm or {})),
     }

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from mergeit_core.settings import SettingError
 from mergeit_core.store import connect
 
+EXPORT_FORMATS = (".jsonl", ".parquet")
 _EXPORT_QUERY = "SELECT instruction, input, output FROM merged_dataset ORDER BY sample_id"
 
 
 def export_dataset(db_path: str | Path, out: str | Path) -> int:
     out = Path(out)
-    if out.suffix not in (".jsonl", ".parquet"):
-        raise ValueError(f"{out}: export to .jsonl or .parquet")
-    with connect(db_path) as conn:
+    if out.suffix not in EXPORT_FORMATS:
+        raise SettingError(f"cannot export to {out}: the file name must end in {' or '.join(EXPORT_FORMATS)}")
+    with connect(db_path, read_only=True) as conn:
         table = conn.sql(_EXPORT_QUERY).to_arrow_table()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":

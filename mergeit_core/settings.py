@@ -1,13 +1,19 @@
-"""Configuration defaults, from environment variables, shared by the CLI, Dagster and sensors."""
+"""Configuration defaults, from environment variables, and the rules every setting obeys,
+shared by the CLI, Dagster's run config and the sensors."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "sample_data" / "alpaca_sample.jsonl"
 
 DEFAULT_DB = "mergeit.duckdb"
+
+
+class SettingError(ValueError):
+    """A setting has a value the pipeline cannot run with; the message names the setting."""
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -25,12 +31,52 @@ def default_db_path() -> str:
 
 
 def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingError(f"environment variable {name}={value!r} is not a whole number") from None
 
 
 def env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingError(f"environment variable {name}={value!r} is not a number") from None
 
 
 def env_str(name: str, default: str | None) -> str | None:
     return os.environ.get(name, default)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- the rules ---------------------------------------------------------------------------------
+
+
+def check_budget(budget: int) -> None:
+    if budget < 1:
+        raise SettingError(f"budget must be at least 1 row per cluster, got {budget}")
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0 < threshold <= 1:
+        raise SettingError(f"threshold is a cosine similarity in (0, 1], got {threshold}")
+
+
+def check_max_group_size(size: int) -> None:
+    if size < 2:
+        raise SettingError(f"max group size must be at least 2 (a merge needs two samples), got {size}")
+
+
+def check_sources_exist(sources: Sequence[str | Path]) -> None:
+    missing = [str(source) for source in sources if not Path(source).exists()]
+    if missing:
+        raise SettingError(f"source path does not exist: {', '.join(missing)}")

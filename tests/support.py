@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from mergeit_core.merge.llama_server import LlamaCppServer
@@ -33,3 +36,15 @@ def settled(path: Path, age_s: float = 120) -> Path:
 def served_requests(server: LlamaCppServer) -> int:
     """Chat requests the llama.cpp server has answered, read from its own access log."""
     return server.log_tail(max_chars=10**9).count("POST /v1/chat/completions")
+
+
+def run_mergeit(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """The installed `mergeit` command, as a user runs it, in a session of its own."""
+    command = shutil.which("mergeit")
+    assert command, "the `mergeit` command is not installed (pip install -e .)"
+    return subprocess.run(
+        [command, *args], cwd=cwd, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=timeout, start_new_session=True,
+    )

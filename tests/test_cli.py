@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support import run_mergeit
 
 from mergeit_core.store import connect
 
@@ -21,13 +21,6 @@ SUMMARY = re.compile(
 )
 
 
-def mergeit(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mergeit_assets.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, start_new_session=True,
-    )
-
-
 def llama_servers() -> set[int]:
     listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
     return {int(line.split()[0]) for line in listing if "llama_cpp.server" in line}
@@ -37,7 +30,7 @@ def llama_servers() -> set[int]:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess, set[int]]:
     workdir = tmp_path_factory.mktemp("cli")
     servers_before = llama_servers()
-    result = mergeit("run", "--dagster-home", str(workdir / "home"), cwd=workdir)
+    result = run_mergeit("run", "--dagster-home", str(workdir / "home"), cwd=workdir)
     return workdir, result, llama_servers() - servers_before
 
 
@@ -67,18 +60,18 @@ def test_lineage_shows_a_merged_sample_beside_its_sources(finished_run) -> None:
     if not rows:
         pytest.skip("the tiny model produced no valid merge in this run")
     [(sample_id,)] = rows
-    shown = mergeit("lineage", sample_id, cwd=workdir, timeout=120)
+    shown = run_mergeit("lineage", sample_id, cwd=workdir, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.count("-- source ") == 2
     assert "alpaca_sample.jsonl:" in shown.stdout
-    as_json = json.loads(mergeit("lineage", sample_id, "--json", cwd=workdir, timeout=120).stdout)
+    as_json = json.loads(run_mergeit("lineage", sample_id, "--json", cwd=workdir, timeout=120).stdout)
     assert as_json["sample_id"] == sample_id and len(as_json["sources"]) == 2
     assert all(s["source_row"] >= 1 and s["prompt_version"] for s in as_json["sources"])
 
 
 def test_lineage_of_an_unknown_sample_fails_clearly(finished_run) -> None:
     workdir, _, _ = finished_run
-    shown = mergeit("lineage", "nope", cwd=workdir, timeout=120)
+    shown = run_mergeit("lineage", "nope", cwd=workdir, timeout=120)
     assert shown.returncode == 1 and "no sample 'nope'" in shown.stderr
 
 
@@ -86,7 +79,7 @@ def test_export_writes_alpaca_jsonl_and_parquet(finished_run) -> None:
     workdir, result, _ = finished_run
     final = int(SUMMARY.search(result.stdout).group(11))
     for name in ("out.jsonl", "out.parquet"):
-        exported = mergeit("export", name, cwd=workdir, timeout=120)
+        exported = run_mergeit("export", name, cwd=workdir, timeout=120)
         assert exported.returncode == 0, exported.stderr
     lines = (workdir / "out.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == final

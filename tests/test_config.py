@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mergeit_assets import cli, pipeline
-from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
+from mergeit_assets import pipeline
+from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings, build_resources
 from mergeit_core.settings import BUNDLED_SAMPLE
 
 
@@ -50,18 +50,20 @@ def test_run_config_overrides_resources_as_the_launchpad_does(tmp_path: Path) ->
     assert result.asset_materializations_for_node("source_instructions")[0].metadata["dagster/row_count"].value == 308
 
 
-def test_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_run_config_values_obey_the_same_rules(tmp_path: Path) -> None:
+    with dg.instance_for_test() as instance, pytest.raises(dg.DagsterResourceFunctionError) as failure:
+        dg.materialize(
+            pipeline.ALL_ASSETS, selection=[pipeline.selection.source_instructions], instance=instance,
+            resources=build_resources(tmp_path / "m.duckdb"),
+            run_config={"resources": {"pipeline": {"config": {"sources": [str(BUNDLED_SAMPLE)], "selection_budget": 0}}}},
+        )
+    assert "budget must be at least 1 row per cluster, got 0" in str(failure.value.__cause__)
+
+
+def test_overrides_win_over_the_environment_in_new_resources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MERGEIT_BUDGET", "30")
-    monkeypatch.setenv("MERGEIT_LLM_BACKEND", "openai")
     monkeypatch.setenv("MERGEIT_LLM_MODEL", "from-env")
-    args = cli.build_parser().parse_args([
-        "run", str(tmp_path / "src"), "--db", str(tmp_path / "x.duckdb"), "--budget", "12",
-        "--threshold", "0.6", "--llm", "openai", "--model", "m", "--base-url", "http://127.0.0.1:1/v1",
-    ])
-    resources = cli._resources(args)
-    assert resources["pipeline"].sources == [str((tmp_path / "src").resolve())]
-    assert (resources["pipeline"].selection_budget, resources["pipeline"].similarity_threshold) == (12, 0.6)
-    assert (resources["llm"].model, resources["llm"].base_url) == ("m", "http://127.0.0.1:1/v1")
-    assert resources["duckdb"].database == str((tmp_path / "x.duckdb").resolve())
-    from_env = cli._resources(cli.build_parser().parse_args(["run"]))
-    assert from_env["pipeline"].selection_budget == 30 and from_env["llm"].model == "from-env"
+    monkeypatch.setenv("MERGEIT_LLM_BACKEND", "openai")
+    built = build_resources(tmp_path / "x.duckdb", pipeline={"selection_budget": 12, "sources": None}, llm={"model": "m"})
+    assert built["pipeline"].selection_budget == 12 and built["llm"].model == "m"
+    assert built["duckdb"].database == str((tmp_path / "x.duckdb").resolve())

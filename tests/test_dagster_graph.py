@@ -10,7 +10,7 @@ import pytest
 
 from mergeit_assets import pipeline
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
-from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
+from mergeit_assets.resources import build_resources
 from mergeit_core.store import connect, run_sql
 
 INTERFACE_ASSETS = {
@@ -42,12 +42,12 @@ def scalar(db: Path, sql: str, params: list | None = None):
 
 
 def resources_for(db: Path, sources: list[str], **pipeline_settings) -> dict[str, object]:
-    return {
-        "duckdb": MergeitDuckDB(database=str(db)),
-        "pipeline": PipelineSettings(sources=sources, **pipeline_settings),
-        # A short answer budget keeps the tiny model quick; merges still come back whole.
-        "llm": LLMResource(max_tokens=384, concurrency=4),
-    }
+    # A short answer budget keeps the tiny model quick; merges still come back whole.
+    return build_resources(
+        db,
+        pipeline={"sources": sources, **pipeline_settings},
+        llm={"backend": "llama_cpp", "model": "", "max_tokens": 384, "concurrency": 4},
+    )
 
 
 @pytest.mark.llm

@@ -1,8 +1,11 @@
 """The selection half: source rows -> embeddings -> topic clusters -> per-cluster selection and
 merge groups. Each asset reads its inputs, calls mergeit_core, writes DuckDB and reports."""
 
+from pathlib import Path
+
 import dagster as dg
 
+from mergeit_assets import instance_home
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME, clusters_partitions
 from mergeit_assets.resources import MergeitDuckDB, PipelineSettings
 from mergeit_core import embed, stages
@@ -64,6 +67,8 @@ def instruction_embeddings(duckdb: MergeitDuckDB, pipeline: PipelineSettings) ->
 def topic_clusters(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
 ) -> dg.MaterializeResult:
+    # The partitions written below describe this database's clusters: the instance serves it alone.
+    instance_home.pair(Path(context.instance.root_directory), Path(duckdb.database))
     stats = stages.cluster_topics(duckdb.database, seed=pipeline.kmeans_seed)
     existing = set(context.instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME))
     live = set(stats.sizes)

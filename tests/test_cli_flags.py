@@ -1,0 +1,168 @@
+"""Every `mergeit run` flag reaches the assets: checked in the run's tables and on the LLM
+endpoint, through the installed command as a user runs it. Bad values are refused up front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llm_support import Reply, ScriptedServer, merge_json
+from support import bundled_rows, run_mergeit, write_jsonl
+
+from mergeit_core.settings import BUNDLED_SAMPLE
+from mergeit_core.store import connect
+
+MODEL = "stub-model"
+
+
+def scripted_answer(index: int, body: dict[str, Any]) -> Reply:
+    """A merge that carries both sources, or a judge's score; slow enough for requests to overlap."""
+    schema = body["response_format"].get("schema") or body["response_format"]["json_schema"]["schema"]
+    if "score" in schema["properties"]:
+        return Reply(json.dumps({"score": 9 if "Merged" in body["messages"][-1]["content"] else 5}), delay_s=0.2)
+    sources = json.loads(body["messages"][-1]["content"].split("\n", 1)[1])
+    return Reply(merge_json(
+        instruction="Merged: " + " Then: ".join(s["instruction"] for s in sources),
+        input="\n\n".join(s["input"] for s in sources if s["input"]),
+        output="\n\n".join(s["output"] for s in sources),
+    ), delay_s=0.2)
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    with connect(db, read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One file and one folder of two files: 90 real rows."""
+    folder = tmp_path_factory.mktemp("sources")
+    data = bundled_rows()[:90]
+    single = write_jsonl(folder / "single.jsonl", data[:30])
+    write_jsonl(folder / "more" / "a.jsonl", data[30:60])
+    write_jsonl(folder / "more" / "b.jsonl", data[60:])
+    return single, folder / "more"
+
+
+@pytest.fixture(scope="module")
+def flagged_run(sources: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """Every flag given, and the environment saying otherwise: the flags must win."""
+    workdir = tmp_path_factory.mktemp("flags")
+    single, folder = sources
+    contrary_env = {
+        "MERGEIT_SOURCES": str(BUNDLED_SAMPLE), "MERGEIT_BUDGET": "70", "MERGEIT_THRESHOLD": "0.9",
+        "MERGEIT_MAX_GROUP_SIZE": "2", "MERGEIT_LLM_BACKEND": "llama_cpp", "MERGEIT_LLM_MODEL": "",
+        "MERGEIT_LLM_CONCURRENCY": "8", "MERGEIT_LLM_STRUCTURED_OUTPUT": "json_schema", "OPENAI_API_KEY": "unused",
+    }
+    with ScriptedServer(scripted_answer) as server:
+        result = run_mergeit(
+            "run", str(single), str(folder), "--db", "flags.duckdb",
+            "--llm", "openai", "--base-url", server.base_url, "--model", MODEL,
+            "--structured-output", "json_object_schema", "--concurrency", "3",
+            "--budget", "12", "--threshold", "0.35", "--max-group-size", "3", "--quality-gate",
+            cwd=workdir, env=contrary_env,
+        )
+        requests = [r.body for r in server.requests]
+        max_in_flight = server.max_in_flight
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir / "flags.duckdb", result, requests, max_in_flight
+
+
+def test_sources_flags_replace_the_bundled_sample(flagged_run, sources) -> None:
+    db, result, _, _ = flagged_run
+    single, folder = sources
+    files = {f for (f,) in rows(db, "SELECT source_file FROM source_files")}
+    assert files == {str(single), str(folder / "a.jsonl"), str(folder / "b.jsonl")}
+    assert "rows read 90 / accepted 90" in result.stdout
+
+
+def test_budget_bounds_every_cluster_selection(flagged_run) -> None:
+    db, _, _, _ = flagged_run
+    per_cluster = rows(db, "SELECT cluster_key, count(*) FROM selected_subset GROUP BY ALL")
+    sizes = dict(rows(db, "SELECT cluster_key, size FROM clusters"))
+    assert per_cluster and all(n == min(12, sizes[key]) for key, n in per_cluster)
+    assert max(sizes.values()) > 12  # the budget, not the cluster, set the bound
+
+
+def test_threshold_and_group_size_shape_the_merge_groups(flagged_run) -> None:
+    db, _, _, _ = flagged_run
+    [(lowest, largest, groups)] = rows(db, """
+        SELECT min(similarity), max(members), count(*) FROM (
+            SELECT group_id, min(similarity) AS similarity, count(*) AS members FROM merge_pairs GROUP BY group_id)""")
+    assert groups > 0 and lowest > 0.35
+    assert largest == 3  # --max-group-size 3 allowed a group of three, and none larger
+
+
+def test_llm_flags_reach_the_endpoint_and_the_provenance(flagged_run) -> None:
+    db, _, requests, max_in_flight = flagged_run
+    assert requests and {body["model"] for body in requests} == {MODEL}
+    # --structured-output json_object_schema: llama.cpp's form, not the OpenAI json_schema form
+    assert {body["response_format"]["type"] for body in requests} == {"json_object"}
+    # --concurrency 3: reached, never exceeded
+    assert max_in_flight == 3
+    assert set(rows(db, "SELECT DISTINCT backend, model FROM merged_samples")) == {("openai", MODEL)}
+    # --quality-gate: the judge was asked, and its scores are on the rows
+    judged = [b for b in requests if "score" in json.dumps(b["response_format"])]
+    [(scored, groups)] = rows(db, "SELECT count(quality_score), count(*) FROM merged_samples")
+    assert judged and scored == groups > 0
+
+
+def test_the_environment_is_the_default_when_no_flag_is_given(sources, tmp_path: Path) -> None:
+    single, _ = sources
+    with ScriptedServer(scripted_answer) as server:
+        result = run_mergeit("run", cwd=tmp_path, env={
+            "MERGEIT_SOURCES": str(single), "MERGEIT_DB": str(tmp_path / "env.duckdb"), "MERGEIT_BUDGET": "4",
+            "MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_BASE_URL": server.base_url,
+            "MERGEIT_LLM_MODEL": "env-model", "OPENAI_API_KEY": "unused",
+        })
+        models = {r.body["model"] for r in server.requests}
+    assert result.returncode == 0, result.stderr[-4000:]
+    db = tmp_path / "env.duckdb"
+    assert rows(db, "SELECT source_file FROM source_files") == [(str(single),)]
+    assert rows(db, "SELECT max(n) FROM (SELECT count(*) AS n FROM selected_subset GROUP BY cluster_key)") == [(4,)]
+    assert models <= {"env-model"} and set(rows(db, "SELECT DISTINCT model FROM merged_samples")) <= {("env-model",)}
+
+
+REFUSED = {
+    "missing source": (["run", "no/such/folder"], "source path does not exist"),
+    "zero budget": (["run", "--budget", "0"], "--budget: budget must be at least 1"),
+    "negative budget": (["run", "--budget", "-3"], "--budget: budget must be at least 1"),
+    "zero threshold": (["run", "--threshold", "0"], "--threshold: threshold is a cosine similarity in (0, 1]"),
+    "threshold above one": (["run", "--threshold", "1.5"], "--threshold: threshold is a cosine similarity in (0, 1]"),
+    "group of one": (["run", "--max-group-size", "1"], "--max-group-size: max group size must be at least 2"),
+    "no concurrency": (["run", "--concurrency", "0"], "concurrency must be positive"),
+    "base URL without openai": (["run", "--base-url", "http://127.0.0.1:9/v1"], "a base URL is for the openai backend"),
+    "unknown llama model": (["run", "--model", "stub"], "model 'stub' is neither a known model name"),
+    "missing gguf": (["run", "--model", "nowhere/model.gguf"], "is neither a known model name"),
+    "bad environment number": (["run"], "MERGEIT_BUDGET='lots' is not a whole number"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_bad_values_are_refused_before_anything_runs(case: str, tmp_path: Path) -> None:
+    argv, message = REFUSED[case]
+    env = {"MERGEIT_LLM_BACKEND": "llama_cpp", "MERGEIT_LLM_BASE_URL": "", "MERGEIT_LLM_MODEL": ""}
+    if case == "bad environment number":
+        env["MERGEIT_BUDGET"] = "lots"
+    result = run_mergeit(*argv, "--db", "refused.duckdb", cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("mergeit run: error: ") and message in line, line
+    assert list(tmp_path.iterdir()) == []  # no database, no Dagster instance
+
+
+def test_lineage_and_export_errors_are_one_line(tmp_path: Path) -> None:
+    missing = run_mergeit("export", "out.jsonl", "--db", "none.duckdb", cwd=tmp_path, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "no database at" in missing.stderr and not (tmp_path / "none.duckdb").exists()
+    lineage = run_mergeit("lineage", "m123", "--db", "none.duckdb", cwd=tmp_path, timeout=120)
+    assert lineage.returncode == 2 and "no database at" in lineage.stderr and "Traceback" not in lineage.stderr
+
+
+def test_export_to_an_unknown_format_is_one_line(flagged_run) -> None:
+    db, _, _, _ = flagged_run
+    result = run_mergeit("export", "out.csv", "--db", str(db), cwd=db.parent, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "mergeit export: error: cannot export to out.csv: the file name must end in .jsonl or .parquet"

@@ -1,0 +1,119 @@
+"""One DuckDB file, one Dagster instance: two databases used from one folder never share the
+`clusters` partitions, and `dagster dev` refuses an instance that serves another file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from llm_support import ScriptedServer
+from support import bundled_rows, run_mergeit, write_jsonl
+from test_cli_flags import scripted_answer
+from test_dagster_ui import REPO_ROOT, free_port, graphql, restore_default_signals, stop_everything_under
+
+from mergeit_assets.instance_home import PAIRING_FILE
+from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
+from mergeit_core.store import connect
+
+pytestmark = pytest.mark.slow
+
+PARTITIONS_QUERY = """{
+  assetNodes { assetKey { path } partitionKeys }
+  workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+    __typename ... on PythonError { message causes { message } } } } } }
+}"""
+
+
+def cluster_keys(db: Path) -> set[str]:
+    with connect(db, read_only=True) as conn:
+        return {key for (key,) in conn.execute("SELECT cluster_key FROM clusters").fetchall()}
+
+
+def instance_partitions(home: Path) -> set[str]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return set(instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME))
+
+
+@pytest.fixture(scope="module")
+def two_databases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with its own dagster_home, where a.duckdb and then b.duckdb were run."""
+    workdir = tmp_path_factory.mktemp("project")
+    (workdir / "dagster_home").mkdir()
+    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", workdir / "dagster_home" / "dagster.yaml")
+    data = bundled_rows()
+    write_jsonl(workdir / "a" / "rows.jsonl", data[:90])  # 6 clusters
+    write_jsonl(workdir / "b" / "rows.jsonl", data[100:132])  # 4 clusters
+    env = {"MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_MODEL": "stub", "OPENAI_API_KEY": "unused"}
+    env.pop("DAGSTER_HOME", None)
+    with ScriptedServer(scripted_answer) as server:
+        env["MERGEIT_LLM_BASE_URL"] = server.base_url
+        for name in ("a", "b"):
+            result = run_mergeit("run", name, "--db", f"{name}.duckdb", cwd=workdir, env=env)
+            assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_each_database_gets_an_instance_of_its_own(two_databases: Path) -> None:
+    a_home, b_home = two_databases / "dagster_home", two_databases / "b.dagster_home"
+    assert (a_home / PAIRING_FILE).read_text().strip() == str(two_databases / "a.duckdb")
+    assert (b_home / PAIRING_FILE).read_text().strip() == str(two_databases / "b.duckdb")
+    assert "telemetry" in (b_home / "dagster.yaml").read_text()  # the project's instance config
+    a_keys, b_keys = cluster_keys(two_databases / "a.duckdb"), cluster_keys(two_databases / "b.duckdb")
+    assert len(a_keys) == 6 and len(b_keys) == 4
+    assert instance_partitions(a_home) == a_keys and instance_partitions(b_home) == b_keys
+
+
+def test_an_instance_serving_another_database_is_refused(two_databases: Path) -> None:
+    result = run_mergeit("run", "b", "--db", "b.duckdb", "--dagster-home", "dagster_home",
+                         cwd=two_databases, timeout=120)
+    assert result.returncode == 2
+    assert f"serves {two_databases / 'a.duckdb'}, not {two_databases / 'b.duckdb'}" in result.stderr
+    assert instance_partitions(two_databases / "dagster_home") == cluster_keys(two_databases / "a.duckdb")
+
+
+def start_dagster_dev(home: Path, db: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MERGEIT_DB": str(db), "MERGEIT_SOURCES": str(db.parent / "a")}
+    process = subprocess.Popen(
+        ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=REPO_ROOT, env=env,
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=restore_default_signals,
+    )
+    return process, port
+
+
+def wait_for_workspace(port: int, process: subprocess.Popen, log: Path) -> dict:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            answer = graphql(port, PARTITIONS_QUERY)
+            entries = answer["data"]["workspaceOrError"]["locationEntries"]
+            if entries and entries[0]["locationOrLoadError"]:
+                return answer["data"]
+        except (OSError, KeyError, TypeError):
+            pass
+        time.sleep(2)
+    raise AssertionError(log.read_text()[-3000:])
+
+
+@pytest.mark.parametrize("database", ["a", "b"])
+def test_dagster_dev_shows_the_partitions_of_the_file_it_reads(two_databases: Path, database: str) -> None:
+    home, db, log = two_databases / "dagster_home", two_databases / f"{database}.duckdb", two_databases / "dev.log"
+    process, port = start_dagster_dev(home, db, log)
+    try:
+        data = wait_for_workspace(port, process, log)
+    finally:
+        stop_everything_under(process, home)
+    location = data["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"]
+    if database == "a":
+        assert location["__typename"] == "RepositoryLocation"
+        [node] = [n for n in data["assetNodes"] if n["assetKey"]["path"] == ["merged_samples"]]
+        assert set(node["partitionKeys"]) == cluster_keys(db)
+    else:  # the instance serves a.duckdb: the code location refuses to load, saying why
+        assert location["__typename"] == "PythonError"
+        said = location["message"] + "".join(cause["message"] for cause in location["causes"])
+        assert f"serves {two_databases / 'a.duckdb'}, not {db}" in said
