@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -121,14 +122,27 @@ def test_api_key_is_sent_but_never_stored_or_shown(
     assert stored and SECRET.encode() not in stored
 
 
-def test_missing_api_key_stops_the_run_before_any_request(
+def test_missing_api_key_for_openai_itself_stops_the_run_before_any_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    config = LLMConfig(backend="openai", model="gpt-4o", api_key_env=KEY_ENV)  # no base URL: OpenAI's own
+
+    with open_backend(config) as backend, pytest.raises(LLMConfigurationError, match=KEY_ENV):
+        asyncio.run(backend.chat([{"role": "user", "content": "hi"}], MERGED_SAMPLE_SCHEMA))
+
+
+def test_a_self_hosted_server_is_asked_without_a_key_and_a_refusal_names_the_variable(
     server: ScriptedServer, response_cache: DuckDBResponseCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(KEY_ENV)
+    report = merge(server, response_cache, groups(1))
+    assert report.merged == 1
+    assert SECRET not in server.requests[0].headers["authorization"]
 
-    with pytest.raises(LLMConfigurationError, match=KEY_ENV):
-        merge(server, response_cache, groups(2))
-    assert server.request_count == 0
+    server.script = in_order(then=Fail(401))
+    with pytest.raises(LLMConfigurationError, match=rf"HTTP 401.*\${KEY_ENV}"):
+        merge(server, response_cache, groups(2, prefix="other"))
 
 
 # --- transport faults: the client's retries ----------------------------------------------------

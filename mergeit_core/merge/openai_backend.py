@@ -71,12 +71,14 @@ class OpenAICompatibleBackend:
         return f"OpenAICompatibleBackend(model={self.model!r}, base_url={self.base_url!r})"
 
     def _api_key(self) -> str:
-        if self._api_key_env is None:
-            return "unused"  # the embedded server does not authenticate; the client wants a value
-        key = os.environ.get(self._api_key_env)
-        if not key:
+        key = os.environ.get(self._api_key_env) if self._api_key_env else None
+        if key:
+            return key
+        if self._api_key_env and self.base_url is None:
             raise LLMConfigurationError(f"environment variable {self._api_key_env} (the API key) is not set")
-        return key
+        # A self-hosted server (the embedded llama.cpp, `vllm serve`) usually takes no key; one that
+        # wants a key answers 401, which stops the run. The client insists on some value.
+        return "no-key"
 
     def _client_for_running_loop(self) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
@@ -110,7 +112,10 @@ class OpenAICompatibleBackend:
         except openai.APIConnectionError as exc:  # includes APITimeoutError
             raise LLMUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         except openai.APIStatusError as exc:
-            raise _classify_status_error(exc) from exc
+            error = _classify_status_error(exc)
+            if exc.status_code in (401, 403) and self._api_key_env:
+                error = LLMConfigurationError(f"{error} (the API key is read from ${self._api_key_env})")
+            raise error from exc
         choice = completion.choices[0]
         usage = completion.usage
         return ChatResponse(
