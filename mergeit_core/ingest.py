@@ -1,5 +1,5 @@
-"""Reading instruction data: find source files, parse Alpaca and ShareGPT records, validate,
-normalise and deduplicate them.
+"""Reading instruction data: find source files, parse Alpaca (JSON, JSONL, Parquet, CSV, TSV)
+and ShareGPT records, validate, normalise and deduplicate them.
 
 Problems with the data never raise: each bad record, turn or file becomes a ``RejectedRow``, each
 repeat a ``DuplicateRow`` and each file in a source folder that is not read a ``SkippedFile``, so
@@ -373,14 +373,10 @@ def _read_delimited(stream: BinaryIO, source_file: str, delimiter: str) -> list[
                 problem = f"has {len(values)} fields, the header has {len(header)}"
                 rows.append(_reject(source_file, row_number, problem))
                 continue
-            rows.append(
-                _validated_row(
-                    *((column, values[position[column]] if column in position else "") for column in _CSV_COLUMNS),
-                    source_file,
-                    row_number,
-                    None,
-                )
+            instruction, input_, output = (
+                (column, values[position[column]] if column in position else "") for column in _CSV_COLUMNS
             )
+            rows.append(_validated_row(instruction, input_, output, source_file, row_number, None))
         return rows
     except csv.Error as error:
         raise ValueError(f"line {reader.line_num}: {error}") from error

@@ -41,16 +41,21 @@ def test_run_reads_csv_reports_files_not_read_and_keeps_lineage_owners(
     write_jsonl(folder / ".draft.jsonl", data[:1])
     write_jsonl(folder / "incoming.jsonl.partial", data[:1])
     db, home = tmp_path / "out.duckdb", tmp_path / "home"
-    monkeypatch.setenv("MERGEIT_TEST_KEY", "local")
-    monkeypatch.setenv("MERGEIT_LLM_API_KEY_ENV", "MERGEIT_TEST_KEY")
-
     with ScriptedServer(lambda index, body: Reply(merge_json(f"Merged task {index}"))) as server:
+        # Settings by environment, the way `dagster dev` and the sensors get them too.
+        for name, value in {
+            "MERGEIT_SOURCES": str(folder),
+            "MERGEIT_THRESHOLD": "0.4",  # merge groups in 40 rows
+            "MERGEIT_LLM_BACKEND": "openai",
+            "MERGEIT_LLM_BASE_URL": server.base_url,
+            "MERGEIT_LLM_MODEL": "scripted",
+            "MERGEIT_LLM_API_KEY_ENV": "MERGEIT_TEST_KEY",
+            "MERGEIT_TEST_KEY": "local",
+        }.items():
+            monkeypatch.setenv(name, value)
+
         def run() -> tuple[int, ...]:
-            result = mergeit(
-                "run", str(folder), "--db", str(db), "--dagster-home", str(home),
-                "--llm", "openai", "--base-url", server.base_url, "--model", "scripted", "--threshold", "0.4",
-                cwd=tmp_path, timeout=600,
-            )
+            result = mergeit("run", "--db", str(db), "--dagster-home", str(home), cwd=tmp_path, timeout=600)
             assert result.returncode == 0, result.stderr[-4000:]
             summary, not_read = SUMMARY.search(result.stdout), FILES_NOT_READ.search(result.stdout)
             assert summary and not_read, result.stdout
