@@ -71,7 +71,8 @@ def _print_summary(db_path: str, seconds: float) -> None:
         f"rows read {s.rows_read} / accepted {s.accepted} / rejected {s.rejected} / duplicate {s.duplicate}; "
         f"clusters {s.clusters}; selected {s.selected}; merge groups {s.merge_groups}; "
         f"merged {s.merged}; failed {s.failed}; rejected by quality {s.rejected_by_quality}; "
-        f"final rows {s.final_rows}; {seconds:.1f}s; database {s.db_path}"
+        f"final rows {s.final_rows}; skipped files {s.skipped_files}; ignored files {s.ignored_files}; "
+        f"{seconds:.1f}s; database {s.db_path}"
     )
 
 

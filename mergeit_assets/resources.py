@@ -29,7 +29,7 @@ class MergeitDuckDB(DuckDBResource):
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    sources: list[str] = Field(description="Source files or folders (Alpaca JSON, JSONL, Parquet, ShareGPT).")
+    sources: list[str] = Field(description="Source files or folders (Alpaca JSON, JSONL, Parquet, CSV, TSV, ShareGPT).")
     selection_budget: int = Field(default=75, description="Facility-location budget per cluster.")
     similarity_threshold: float = Field(default=0.55, description="Cosine similarity a merge group must exceed.")
     max_group_size: int = Field(default=2, description="Largest merge group.")

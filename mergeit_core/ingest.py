@@ -1,17 +1,21 @@
-"""Reading instruction data: find source files, parse Alpaca and ShareGPT records, validate,
-normalise and deduplicate them.
+"""Reading instruction data: find source files, parse Alpaca (JSON, JSONL, Parquet, CSV, TSV)
+and ShareGPT records, validate, normalise and deduplicate them.
 
-Problems with the data never raise: each bad record, turn or file becomes a ``RejectedRow`` and
-each repeat a ``DuplicateRow``, so every row read is accounted for. Only configuration errors
-(a configured path that does not exist, an unsupported file named explicitly) raise ``SourceError``.
+Problems with the data never raise: each bad record, turn or file becomes a ``RejectedRow``, each
+repeat a ``DuplicateRow`` and each file in a source folder that is not read a ``SkippedFile``, so
+every row and file is accounted for. Only configuration errors (a configured path that does not
+exist, an unsupported file named explicitly) raise ``SourceError``.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -25,9 +29,13 @@ try:  # orjson is optional: same results as json, several times faster on large 
 except ImportError:
     from json import loads as _json_loads
 
-SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet")
+SUPPORTED_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".tsv")
 # Writers write-then-rename; files still being written carry one of these endings.
 IGNORED_NAME_ENDINGS = (".tmp", ".partial", ".part", ".crdownload")
+# SkippedFile.status: 'skipped' files are there but cannot be sources; 'ignored' names are
+# deliberately not read (hidden, or still being written) and are only counted.
+SKIPPED = "skipped"
+IGNORED = "ignored"
 
 _CONVERSATION_KEYS = ("conversations", "messages")
 _PARQUET_COLUMNS = frozenset({"instruction", "input", "output", *_CONVERSATION_KEYS})
@@ -39,10 +47,18 @@ _SYSTEM_ROLES = frozenset({"system"})
 _TEXT_KEY_FOR_ROLE_KEY = {"from": "value", "role": "content"}
 _UTF8_BOM = b"\xef\xbb\xbf"
 _MISSING = object()
+_CSV_COLUMNS = ("instruction", "input", "output")
+_CSV_REQUIRED_COLUMNS = ("instruction", "output")  # input is optional, as in Alpaca JSON
+# The csv module refuses fields over 128 KiB by default; long answers are ordinary data here.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
 class SourceError(ValueError):
     """The configured sources are wrong (as opposed to the data in them)."""
+
+
+# Where a sample occurs: (source_file, source_row, source_turn).
+Location = tuple[str, int, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +71,10 @@ class SourceRow:
     @property
     def source_id(self) -> str:
         return self.sample.source_id
+
+    @property
+    def location(self) -> Location:
+        return (self.source_file, self.source_row, self.source_turn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +106,28 @@ class FileSummary:
     duplicate: int
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """A path in a source folder that is not read, and why."""
+
+    source_file: str
+    status: str  # SKIPPED or IGNORED
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceScan:
+    files: list[Path]  # the files to read
+    skipped: list[SkippedFile]  # everything else met in the source folders
+
+
 @dataclass
 class IngestResult:
     accepted: list[SourceRow] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     duplicates: list[DuplicateRow] = field(default_factory=list)
     files: list[FileSummary] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
 
 
 _ParsedRow = SourceRow | RejectedRow
@@ -102,73 +138,118 @@ _Reader = Callable[[BinaryIO, str], list[_ParsedRow]]
 
 
 def discover_source_files(sources: Sequence[str | Path]) -> list[Path]:
+    """The supported files under ``sources`` (see ``scan_source_paths``)."""
+    return scan_source_paths(sources).files
+
+
+def scan_source_paths(sources: Sequence[str | Path]) -> SourceScan:
     """The supported files under ``sources`` (files or folders), resolved, de-duplicated and
-    sorted by path string. Folders are walked recursively without following symlinked folders,
-    skipping hidden and partially written names; an explicitly named file is taken as is."""
+    sorted by path string, and every other path met in the folders with why it is not read.
+    Folders are walked recursively without following symlinked folders; hidden and partially
+    written names are ignored (a hidden folder counts once, unread). An explicitly named file is
+    taken as is."""
     if isinstance(sources, (str, Path)):
         raise TypeError("sources must be a sequence of paths, not a single path")
     found: dict[str, Path] = {}
+    skipped: dict[str, SkippedFile] = {}
     for source in sources:
         path = Path(source).expanduser()
         if not path.exists():
             raise SourceError(f"source path does not exist: {source}")
         if path.is_dir():
-            candidates: Iterable[Path] = _walk_folder(path)
+            candidates: Iterable[Path | SkippedFile] = _walk_folder(path)
         elif path.suffix.lower() in SUPPORTED_SUFFIXES:
             candidates = [path]
         else:
             raise SourceError(f"source file {source} is not one of {', '.join(SUPPORTED_SUFFIXES)}")
         for candidate in candidates:
-            resolved = candidate.resolve()
-            found[str(resolved)] = resolved
+            if isinstance(candidate, SkippedFile):
+                skipped[candidate.source_file] = candidate
+            else:
+                resolved = candidate.resolve()
+                found[str(resolved)] = resolved
     # Sorting by the string keeps Python's order equal to ORDER BY source_file in DuckDB.
-    return [found[key] for key in sorted(found)]
+    return SourceScan(
+        files=[found[key] for key in sorted(found)],
+        skipped=[skipped[key] for key in sorted(skipped) if key not in found],
+    )
 
 
-def _walk_folder(folder: Path) -> Iterator[Path]:
+def _walk_folder(folder: Path) -> Iterator[Path | SkippedFile]:
     def fail(error: OSError) -> None:
         raise SourceError(f"cannot list source folder {error.filename}: {error}") from error
 
     for directory, subdirectories, filenames in os.walk(folder, onerror=fail):
-        subdirectories[:] = [name for name in subdirectories if not _is_ignored_name(name)]
+        walked = []
+        for name in subdirectories:
+            path = Path(directory, name)
+            if _is_ignored_name(name):
+                yield _skipped(path, IGNORED, f"{_ignored_name_reason(name)} folder, its contents are not read")
+            elif path.is_symlink():
+                yield _skipped(path, SKIPPED, "symbolic link to a folder, not followed")
+            else:
+                walked.append(name)
+        subdirectories[:] = walked
         for name in filenames:
             path = Path(directory, name)
-            if _is_ignored_name(name) or path.suffix.lower() not in SUPPORTED_SUFFIXES:
-                continue
-            if path.is_file():  # not a broken symlink, fifo or socket
+            suffix = path.suffix.lower()
+            if _is_ignored_name(name):
+                yield _skipped(path, IGNORED, f"{_ignored_name_reason(name)} file")
+            elif suffix not in SUPPORTED_SUFFIXES:
+                kind = f"file type '{suffix}'" if suffix else "a file without an extension"
+                yield _skipped(path, SKIPPED, f"{kind} is not a source format ({', '.join(SUPPORTED_SUFFIXES)})")
+            elif not path.is_file():
+                yield _skipped(path, SKIPPED, "not a regular file (a broken link, pipe or socket)")
+            else:
                 yield path
+
+
+def _skipped(path: Path, status: str, reason: str) -> SkippedFile:
+    # Not resolved: a broken link has nothing to resolve to, and the name met is what users look for.
+    return SkippedFile(str(path.absolute()), status, reason)
 
 
 def _is_ignored_name(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(IGNORED_NAME_ENDINGS)
 
 
+def _ignored_name_reason(name: str) -> str:
+    if name.startswith("."):
+        return "hidden"
+    ending = next(ending for ending in IGNORED_NAME_ENDINGS if name.lower().endswith(ending))
+    return f"still being written ('{ending}')"
+
+
 # --- ingestion -------------------------------------------------------------------------------
 
 
-def ingest_sources(sources: Sequence[str | Path]) -> IngestResult:
-    """Read every source file; accept the first occurrence of each sample in (file path, row,
-    turn) order, and record every rejected or repeated row."""
-    result = IngestResult()
-    accepted_ids: set[str] = set()
-    for path in discover_source_files(sources):
-        size_bytes, content_hash, rows = _read_file(path)
+def ingest_sources(
+    sources: Sequence[str | Path], previous_owners: Mapping[str, Location] | None = None
+) -> IngestResult:
+    """Read every source file and accept one occurrence of each sample; the others are its
+    duplicates. The accepted occurrence is the one accepted before (``previous_owners``:
+    source_id -> location) while it is still there, so adding a file never moves a sample's
+    lineage; a new sample is accepted at its first occurrence in (file path, row, turn) order."""
+    scan = scan_source_paths(sources)
+    result = IngestResult(skipped=scan.skipped)
+    read = [(path, _read_file(path)) for path in scan.files]
+    owners = _owners(
+        (row for _, (_, _, rows) in read for row in rows if isinstance(row, SourceRow)), previous_owners or {}
+    )
+    for path, (size_bytes, content_hash, rows) in read:
         accepted = rejected = duplicate = 0
         for row in rows:
             if isinstance(row, RejectedRow):
                 result.rejected.append(row)
                 rejected += 1
-                continue
-            source_id = row.source_id
-            if source_id in accepted_ids:
-                result.duplicates.append(
-                    DuplicateRow(row.source_file, row.source_row, row.source_turn, source_id)
-                )
-                duplicate += 1
-            else:
-                accepted_ids.add(source_id)
+            elif owners[row.source_id] == row.location:
                 result.accepted.append(row)
                 accepted += 1
+            else:
+                result.duplicates.append(
+                    DuplicateRow(row.source_file, row.source_row, row.source_turn, row.source_id)
+                )
+                duplicate += 1
         result.files.append(
             FileSummary(
                 source_file=str(path),
@@ -182,6 +263,25 @@ def ingest_sources(sources: Sequence[str | Path]) -> IngestResult:
             )
         )
     return result
+
+
+def _owners(rows: Iterable[SourceRow], previous_owners: Mapping[str, Location]) -> dict[str, Location]:
+    """Where each sample is accepted: its previous location while that row still holds it; else
+    its first row in the file that held it before (rows above it moved it); else its first row."""
+    first: dict[str, Location] = {}
+    first_in_previous_file: dict[str, Location] = {}
+    still_in_place: dict[str, Location] = {}
+    for row in rows:
+        source_id, location = row.source_id, row.location
+        first.setdefault(source_id, location)
+        previous = previous_owners.get(source_id)
+        if previous is None:
+            continue
+        if location == previous:
+            still_in_place[source_id] = location
+        elif location[0] == previous[0]:
+            first_in_previous_file.setdefault(source_id, location)
+    return first | first_in_previous_file | still_in_place
 
 
 def _read_file(path: Path) -> tuple[int, str, list[_ParsedRow]]:
@@ -199,7 +299,8 @@ def _read_file(path: Path) -> tuple[int, str, list[_ParsedRow]]:
             return size_bytes, content_hash, _READERS[suffix](stream, source_file)
     except (OSError, ValueError, RecursionError, pa.ArrowException) as error:
         reason = f"{source_file}: cannot read {suffix.removeprefix('.')} file: {error}"
-        return size_bytes, content_hash, [RejectedRow(source_file, None, None, None, reason)]
+        field_name = error.column if isinstance(error, MissingColumnError) else None
+        return size_bytes, content_hash, [RejectedRow(source_file, None, None, field_name, reason)]
 
 
 def _read_json(stream: BinaryIO, source_file: str) -> list[_ParsedRow]:
@@ -242,7 +343,50 @@ def _read_parquet(stream: BinaryIO, source_file: str) -> list[_ParsedRow]:
     return rows
 
 
+class MissingColumnError(ValueError):
+    """A delimited file whose header lacks a required column: the whole file is rejected."""
+
+    def __init__(self, column: str, header: Sequence[str]) -> None:
+        super().__init__(f"the header has no '{column}' column (columns: {', '.join(header) or 'none'})")
+        self.column = column
+
+
+def _read_delimited(stream: BinaryIO, source_file: str, delimiter: str) -> list[_ParsedRow]:
+    """CSV or TSV with a header row naming instruction, output and optionally input; other
+    columns are ignored. A row is a record (a quoted field may span lines); blank lines are not
+    rows. Broken quoting makes the rest of the file unreadable, so it rejects the whole file."""
+    # newline="" hands line breaks inside quoted fields to csv untouched; utf-8-sig drops a BOM.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        for column in _CSV_COLUMNS:
+            if header.count(column) > 1:
+                raise ValueError(f"the header names column '{column}' {header.count(column)} times")
+        for column in _CSV_REQUIRED_COLUMNS:
+            if column not in header:
+                raise MissingColumnError(column, header)
+        position = {column: header.index(column) for column in _CSV_COLUMNS if column in header}
+        rows: list[_ParsedRow] = []
+        for row_number, values in enumerate((values for values in reader if values), start=1):
+            if len(values) != len(header):
+                problem = f"has {len(values)} fields, the header has {len(header)}"
+                rows.append(_reject(source_file, row_number, problem))
+                continue
+            instruction, input_, output = (
+                (column, values[position[column]] if column in position else "") for column in _CSV_COLUMNS
+            )
+            rows.append(_validated_row(instruction, input_, output, source_file, row_number, None))
+        return rows
+    except csv.Error as error:
+        raise ValueError(f"line {reader.line_num}: {error}") from error
+    finally:
+        text.detach()  # the caller owns the binary stream
+
+
 _READERS: dict[str, _Reader] = {
+    ".csv": partial(_read_delimited, delimiter=","),
+    ".tsv": partial(_read_delimited, delimiter="\t"),
     ".json": _read_json,
     ".jsonl": _read_jsonl,
     ".parquet": _read_parquet,

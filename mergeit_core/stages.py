@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from mergeit_core import cluster as clustering
 from mergeit_core import embed, pairing, select
-from mergeit_core.ingest import IngestResult, ingest_sources
+from mergeit_core.ingest import IGNORED, SKIPPED, IngestResult, ingest_sources
 from mergeit_core.records import Sample, group_id
 from mergeit_core.store import connect, embedding_array, fetch_table, insert_columns, run_sql, transaction
 
@@ -57,16 +57,26 @@ class IngestStats:
     rejected: int
     duplicate: int
     retired_samples: int
+    skipped_files: int  # in a source folder, not a source (e.g. notes.txt)
+    ignored_files: int  # hidden or still being written: not read on purpose
 
 
 def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestStats, IngestResult]:
     """Replace the source tables with what the configured files hold now; final samples made
-    from rows that disappeared are retired in the same transaction."""
-    result = ingest_sources(sources)
+    from rows that disappeared are retired in the same transaction. A sample keeps the source
+    row it was accepted from while that row is still there, so its lineage does not move."""
+    with connect(db_path) as conn:
+        previous_owners = {
+            source_id: (source_file, source_row, source_turn)
+            for source_id, source_file, source_row, source_turn in conn.execute(
+                "SELECT source_id, source_file, source_row, source_turn FROM source_instructions"
+            ).fetchall()
+        }
+    result = ingest_sources(sources, previous_owners)
     now = now_utc()
     accepted, rejected, duplicates = result.accepted, result.rejected, result.duplicates
     with connect(db_path) as conn, transaction(conn):
-        for table in ("source_instructions", "rejected_rows", "duplicate_rows", "source_files"):
+        for table in ("source_instructions", "rejected_rows", "duplicate_rows", "source_files", "skipped_files"):
             conn.execute(f"DELETE FROM {table}")
         insert_columns(conn, "source_instructions", {
             "source_id": [r.source_id for r in accepted],
@@ -102,6 +112,12 @@ def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestSt
             "duplicate": pa.array([f.duplicate for f in result.files], pa.int32()),
             "ingested_at": pa.array([now] * len(result.files), pa.timestamp("us")),
         })
+        insert_columns(conn, "skipped_files", {
+            "source_file": [f.source_file for f in result.skipped],
+            "status": [f.status for f in result.skipped],
+            "reason": [f.reason for f in result.skipped],
+            "ingested_at": pa.array([now] * len(result.skipped), pa.timestamp("us")),
+        })
         samples_before = conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0]
         run_sql(conn, "pipeline/retire_missing_sources.sql")
         retired = samples_before - conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0]
@@ -112,6 +128,8 @@ def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestSt
         rejected=len(rejected),
         duplicate=len(duplicates),
         retired_samples=retired,
+        skipped_files=sum(f.status == SKIPPED for f in result.skipped),
+        ignored_files=sum(f.status == IGNORED for f in result.skipped),
     )
     return stats, result
 
@@ -367,6 +385,8 @@ class RunSummary:
     failed: int = 0
     rejected_by_quality: int = 0
     final_rows: int = 0
+    skipped_files: int = 0
+    ignored_files: int = 0
     db_path: str = ""
 
 
@@ -381,11 +401,13 @@ def summarize(db_path: str | Path) -> RunSummary:
             "(SELECT count(DISTINCT group_id) FROM merge_pairs), (SELECT count(*) FROM merged_dataset)"
         ).fetchall()[0]
         statuses = dict(conn.execute("SELECT status, count(*) FROM merged_samples GROUP BY status").fetchall())
+        not_read = dict(conn.execute("SELECT status, count(*) FROM skipped_files GROUP BY status").fetchall())
     return RunSummary(
         rows_read=int(files[0]), accepted=int(files[1]), rejected=int(files[2]), duplicate=int(files[3]),
         clusters=counts[0], selected=counts[1], merge_groups=counts[2],
         merged=statuses.get("merged", 0), failed=statuses.get("failed", 0),
         rejected_by_quality=statuses.get("rejected_by_quality", 0),
-        final_rows=counts[3], db_path=str(Path(db_path).resolve()),
+        final_rows=counts[3], skipped_files=not_read.get(SKIPPED, 0), ignored_files=not_read.get(IGNORED, 0),
+        db_path=str(Path(db_path).resolve()),
     )
 

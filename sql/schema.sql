@@ -139,3 +139,12 @@ CREATE TABLE IF NOT EXISTS sample_sources (
     source_id    VARCHAR NOT NULL,
     PRIMARY KEY (sample_id, source_id)
 );
+
+-- Paths met in a source folder that are not read: 'skipped' (not a source format, not a regular
+-- file) or 'ignored' (hidden, or named as still being written). Replaced by every ingest.
+CREATE TABLE IF NOT EXISTS skipped_files (
+    source_file  VARCHAR PRIMARY KEY,
+    status       VARCHAR NOT NULL,     -- 'skipped' | 'ignored'
+    reason       VARCHAR NOT NULL,
+    ingested_at  TIMESTAMP NOT NULL
+);

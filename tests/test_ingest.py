@@ -11,12 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from mergeit_core.ingest import (
+    IGNORED,
+    SKIPPED,
     SUPPORTED_SUFFIXES,
     FileSummary,
     IngestResult,
+    SkippedFile,
     SourceError,
     discover_source_files,
     ingest_sources,
+    scan_source_paths,
 )
 from mergeit_core.records import Sample
 
@@ -27,6 +31,10 @@ MERGEIT_6K = REPO_ROOT.parent / "shared" / "data" / "mergeit-6k.json"
 
 def alpaca(n: int, input: str = "") -> dict[str, str]:
     return {"instruction": f"Instruction {n}", "input": input, "output": f"Answer {n}"}
+
+
+def alpaca_id(n: int) -> str:
+    return Sample.normalised(**alpaca(n)).source_id
 
 
 def write_json(path: Path, records: object) -> Path:
@@ -385,6 +393,110 @@ def test_unparseable_file_is_one_rejection(tmp_path: Path, name: str, content: b
     assert_accounted(result)
 
 
+# --- CSV and TSV ------------------------------------------------------------------------------
+
+
+def test_csv_with_quoting_embedded_newlines_bom_and_extra_columns(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbf"  # a BOM, as spreadsheet exports write it
+        b"id,instruction,input,output\r\n"
+        b'1,"Summarise, briefly","a, b and ""c""","Line one\r\nLine two\r\n\r\nLine four"\r\n'
+        b"\r\n"  # a blank line is not a row
+        b"2,Name a colour.,,Blue.\r\n"
+    )
+
+    result = ingest_sources([path])
+
+    assert [(row.source_row, row.source_turn, row.sample) for row in result.accepted] == [
+        (1, None, Sample("Summarise, briefly", 'a, b and "c"', "Line one\nLine two\n\nLine four")),
+        (2, None, Sample("Name a colour.", "", "Blue.")),
+    ]
+    [summary] = result.files
+    assert summary.file_format == "csv"
+    assert counts(summary) == (2, 2, 0, 0)
+
+
+def test_tsv_without_an_input_column_means_empty_inputs(tmp_path: Path) -> None:
+    path = tmp_path / "data.tsv"
+    path.write_text('output\tinstruction\nBlue.\tName a colour.\n"tab\there"\tQuote a tab.\n', encoding="utf-8")
+
+    result = ingest_sources([path])
+
+    assert [row.sample for row in result.accepted] == [
+        Sample("Name a colour.", "", "Blue."),
+        Sample("Quote a tab.", "", "tab\there"),
+    ]
+    assert result.files[0].file_format == "tsv"
+
+
+def test_csv_rows_are_records_and_bad_ones_are_rejected_naming_row_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(
+        "instruction,input,output\n"
+        '"Two\nlines",,fine\n'  # record 1 spans lines 2-3
+        " ,,no instruction\n"  # record 2
+        "only,two\n"  # record 3
+        "too,many,fields,here\n"  # record 4
+        "Instruction 1,,Answer 1\n",  # record 5
+        encoding="utf-8",
+    )
+    jsonl = write_jsonl(tmp_path / "more.jsonl", [alpaca(1)])
+
+    result = ingest_sources([path, jsonl])
+
+    assert [row.source_row for row in result.accepted] == [1, 5]
+    source_file = str(path.resolve())
+    assert [(row.source_row, row.field, row.reason) for row in result.rejected] == [
+        (2, "instruction", f"{source_file}: row 2: field 'instruction' is empty"),
+        (3, None, f"{source_file}: row 3: has 2 fields, the header has 3"),
+        (4, None, f"{source_file}: row 4: has 4 fields, the header has 3"),
+    ]
+    [duplicate] = result.duplicates  # the same sample in JSONL repeats the CSV row
+    assert (Path(duplicate.source_file).name, duplicate.source_id) == ("more.jsonl", result.accepted[1].source_id)
+    assert [counts(summary) for summary in result.files] == [(5, 2, 3, 0), (1, 0, 0, 1)]
+    assert_accounted(result)
+
+
+@pytest.mark.parametrize("missing", ["instruction", "output"])
+def test_csv_without_a_required_column_is_one_rejection_naming_it(tmp_path: Path, missing: str) -> None:
+    columns = [column for column in ("instruction", "input", "output") if column != missing]
+    path = tmp_path / "data.csv"
+    path.write_text(",".join(columns) + "\n" + ",".join(["x"] * len(columns)) + "\n", encoding="utf-8")
+
+    result = ingest_sources([path])
+
+    [rejected] = result.rejected
+    assert (rejected.source_row, rejected.field) == (None, missing)
+    assert rejected.reason == (
+        f"{path.resolve()}: cannot read csv file: the header has no '{missing}' column (columns: {', '.join(columns)})"
+    )
+    assert counts(result.files[0]) == (1, 0, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "the header has no 'instruction' column (columns: none)"),
+        (b'instruction,output\na,"never closed\nb,c\n', "line 3: unexpected end of data"),
+        (b'instruction,output\na,"quoted"tail\n', "line 2: ',' expected after '\"'"),
+        (b"instruction,output,output\na,b,c\n", "the header names column 'output' 2 times"),
+        (b"instruction,output\n\xff\xfe,b\n", "'utf-8' codec can't decode byte 0xff"),
+    ],
+)
+def test_unreadable_csv_is_one_rejection(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+
+    result = ingest_sources([path])
+
+    [rejected] = result.rejected
+    assert rejected.source_row is None
+    assert rejected.reason.startswith(f"{path.resolve()}: cannot read csv file: {problem}"), rejected.reason
+    assert not result.accepted
+    assert_accounted(result)
+
+
 # --- duplicates and normalisation ------------------------------------------------------------
 
 
@@ -422,6 +534,63 @@ def test_duplicates_within_and_across_files_point_to_the_first_occurrence(tmp_pa
         (1, 0, 0, 1),
     ]
     assert_accounted(result)
+
+
+def test_previous_owner_keeps_its_samples_when_an_earlier_file_repeats_them(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data.jsonl", [alpaca(1), alpaca(2), alpaca(3)])
+    first = ingest_sources([tmp_path])
+    owners = {row.source_id: row.location for row in first.accepted}
+    assert owners[alpaca_id(3)] == (str(data.resolve()), 3, None)
+    write_jsonl(tmp_path / "a_new.jsonl", [alpaca(3), alpaca(4), alpaca(1)])
+
+    again = ingest_sources([tmp_path], owners)
+
+    # The new file sorts first, yet samples 1 and 3 stay with data.jsonl; 4 is new and accepted.
+    assert [(Path(row.source_file).name, row.source_row) for row in again.accepted] == [
+        ("a_new.jsonl", 2),
+        ("data.jsonl", 1),
+        ("data.jsonl", 2),
+        ("data.jsonl", 3),
+    ]
+    assert [(Path(row.source_file).name, row.source_row, row.source_id) for row in again.duplicates] == [
+        ("a_new.jsonl", 1, alpaca_id(3)),
+        ("a_new.jsonl", 3, alpaca_id(1)),
+    ]
+    assert [counts(summary) for summary in again.files] == [(3, 1, 0, 2), (3, 3, 0, 0)]
+    assert_accounted(again)
+    # Without history the first file in path order is the owner, as on a first run.
+    assert [Path(row.source_file).name for row in ingest_sources([tmp_path]).accepted].count("a_new.jsonl") == 3
+
+
+def test_deleting_the_owning_file_hands_its_samples_to_the_next_occurrence(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data.jsonl", [alpaca(1), alpaca(2)])
+    write_jsonl(tmp_path / "z_copy.jsonl", [alpaca(2)])
+    owners = {row.source_id: row.location for row in ingest_sources([tmp_path]).accepted}
+    data.unlink()
+
+    again = ingest_sources([tmp_path], owners)
+
+    assert [(Path(row.source_file).name, row.source_row, row.sample) for row in again.accepted] == [
+        ("z_copy.jsonl", 1, Sample("Instruction 2", "", "Answer 2")),
+    ]
+    assert not again.duplicates
+
+
+def test_rows_shifted_inside_the_owning_file_stay_in_that_file(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", [alpaca(1), alpaca(2)])
+    owners = {row.source_id: row.location for row in ingest_sources([tmp_path]).accepted}
+    write_jsonl(tmp_path / "a_new.jsonl", [alpaca(2)])
+    write_jsonl(tmp_path / "data.jsonl", [alpaca(0), alpaca(1), alpaca(2)])  # a row inserted on top
+
+    again = ingest_sources([tmp_path], owners)
+
+    accepted = {row.sample.instruction: (Path(row.source_file).name, row.source_row) for row in again.accepted}
+    assert accepted == {
+        "Instruction 0": ("data.jsonl", 1),
+        "Instruction 1": ("data.jsonl", 2),
+        "Instruction 2": ("data.jsonl", 3),
+    }
+    assert [(Path(row.source_file).name, row.source_row) for row in again.duplicates] == [("a_new.jsonl", 1)]
 
 
 def test_normalisation_makes_equal_ids(tmp_path: Path) -> None:
@@ -462,16 +631,51 @@ def test_folder_discovery_skips_hidden_partial_and_unsupported_files(tmp_path: P
         "w.jsonl.crdownload",
         "staging.tmp/d.jsonl",
         "notes.txt",
-        "table.csv",
-        "README.md",
+        "README",
     ]:
         write_jsonl(root / ignored, [alpaca(9)])
     (root / "folder.json").mkdir()  # a folder with a data-like name is not a file
+    (root / "broken.jsonl").symlink_to(root / "gone.jsonl")
+    (root / "linked").symlink_to(root / "nested", target_is_directory=True)
 
     found = discover_source_files([root])
 
     assert found == sorted((path.resolve() for path in wanted), key=str)
     assert {path.suffix.lower() for path in found} <= set(SUPPORTED_SUFFIXES)
+    # Everything else met is said out loud; hidden folders count once, unread.
+    not_read = {
+        str(Path(entry.source_file).relative_to(root)): (entry.status, entry.reason)
+        for entry in scan_source_paths([root]).skipped
+    }
+    assert not_read == {
+        ".hidden.jsonl": (IGNORED, "hidden file"),
+        ".git": (IGNORED, "hidden folder, its contents are not read"),
+        "nested/.cache": (IGNORED, "hidden folder, its contents are not read"),
+        "x.jsonl.tmp": (IGNORED, "still being written ('.tmp') file"),
+        "y.json.partial": (IGNORED, "still being written ('.partial') file"),
+        "z.parquet.part": (IGNORED, "still being written ('.part') file"),
+        "w.jsonl.crdownload": (IGNORED, "still being written ('.crdownload') file"),
+        "staging.tmp": (IGNORED, "still being written ('.tmp') folder, its contents are not read"),
+        "notes.txt": (SKIPPED, "file type '.txt' is not a source format (.csv, .json, .jsonl, .parquet, .tsv)"),
+        "README": (SKIPPED, "a file without an extension is not a source format (.csv, .json, .jsonl, .parquet, .tsv)"),
+        "broken.jsonl": (SKIPPED, "not a regular file (a broken link, pipe or socket)"),
+        "linked": (SKIPPED, "symbolic link to a folder, not followed"),
+    }
+
+
+def test_ingest_result_lists_the_files_it_did_not_read(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data.jsonl", [alpaca(1)])
+    (tmp_path / "notes.txt").write_text("what this data is\n")
+    (tmp_path / ".notes.jsonl.swp").write_text("editor state\n")
+
+    result = ingest_sources([tmp_path])
+
+    assert [row.source_file for row in result.accepted] == [str(data.resolve())]
+    assert result.skipped == [
+        SkippedFile(str(tmp_path / ".notes.jsonl.swp"), IGNORED, "hidden file"),
+        SkippedFile(str(tmp_path / "notes.txt"), SKIPPED,
+                    "file type '.txt' is not a source format (.csv, .json, .jsonl, .parquet, .tsv)"),
+    ]
 
 
 def test_discovery_is_sorted_resolved_and_deduplicated(tmp_path: Path) -> None:
@@ -501,10 +705,10 @@ def test_missing_path_raises_source_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_explicit_unsupported_file_raises_source_error(tmp_path: Path) -> None:
-    path = tmp_path / "data.csv"
+    path = tmp_path / "data.txt"
     path.write_text("instruction,output\n")
 
-    with pytest.raises(SourceError, match="data.csv"):
+    with pytest.raises(SourceError, match="data.txt"):
         discover_source_files([path])
 
 

@@ -18,7 +18,7 @@ PER_CLUSTER_BACKFILL = dg.BackfillPolicy.single_run()
 @dg.asset(
     group_name="selection",
     kinds={"duckdb"},
-    description="Accepted source rows with file, 1-based row and content hash; rejects and duplicates are accounted for.",
+    description="Accepted source rows with file, 1-based row and content hash; rejects, duplicates and files not read are accounted for.",
 )
 def source_instructions(duckdb: MergeitDuckDB, pipeline: PipelineSettings) -> dg.MaterializeResult:
     stats, _ = stages.ingest(duckdb.database, pipeline.sources)
@@ -30,11 +30,16 @@ def source_instructions(duckdb: MergeitDuckDB, pipeline: PipelineSettings) -> dg
             "rejected": stats.rejected,
             "duplicate": stats.duplicate,
             "retired_samples": stats.retired_samples,
+            "skipped_files": stats.skipped_files,
+            "ignored_files": stats.ignored_files,
             "preview": dg.MetadataValue.md(
                 stages.preview(duckdb.database, "SELECT source_id, source_file, source_row, instruction FROM source_instructions ORDER BY source_file, source_row")
             ),
             "rejections": dg.MetadataValue.md(
                 stages.preview(duckdb.database, "SELECT source_file, source_row, field, reason FROM rejected_rows ORDER BY source_file, source_row", limit=10)
+            ),
+            "files_not_read": dg.MetadataValue.md(
+                stages.preview(duckdb.database, "SELECT source_file, status, reason FROM skipped_files ORDER BY status DESC, source_file", limit=10)
             ),
         }
     )
