@@ -67,13 +67,28 @@ def sensor_states(port: int) -> dict[str, str]:
     return {sensor["name"]: sensor["sensorState"]["status"] for node in nodes for sensor in node["sensors"]}
 
 
+def _repository_selector(port: int) -> str:
+    repository = graphql(port, SENSORS_QUERY)["data"]["repositoriesOrError"]["nodes"][0]
+    return f'repositoryLocationName: "{repository["location"]["name"]}", repositoryName: "{repository["name"]}"'
+
+
 def start_sensor(port: int, name: str) -> None:
     """Switch a sensor on, as the UI's toggle does."""
-    answer = graphql(port, SENSORS_QUERY)["data"]["repositoriesOrError"]["nodes"][0]
-    selector = (f'{{repositoryLocationName: "{answer["location"]["name"]}", '
-                f'repositoryName: "{answer["name"]}", sensorName: "{name}"}}')
+    selector = f'{{{_repository_selector(port)}, sensorName: "{name}"}}'
     result = graphql(port, f"mutation {{ startSensor(sensorSelector: {selector}) {{ __typename }} }}")
     assert result["data"]["startSensor"]["__typename"] == "Sensor", result
+
+
+def launch_partition_run(port: int, job_name: str, partition_key: str) -> str:
+    """Launch one partition of a job, as the UI's launchpad does; returns the run id."""
+    selector = f'{{{_repository_selector(port)}, jobName: "{job_name}"}}'
+    tags = f'[{{key: "dagster/partition", value: "{partition_key}"}}]'
+    result = graphql(port, f"""mutation {{ launchRun(executionParams: {{selector: {selector},
+        executionMetadata: {{tags: {tags}}}}}) {{ __typename ... on LaunchRunSuccess {{ run {{ runId }} }}
+        ... on PythonError {{ message }} }} }}""")
+    answer = result["data"]["launchRun"]
+    assert answer["__typename"] == "LaunchRunSuccess", result
+    return answer["run"]["runId"]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from daemon_support import dagster_dev, instance_folder, runs_since, sensor_states, wait_until_current
+from daemon_support import (
+    dagster_dev,
+    instance_folder,
+    launch_partition_run,
+    runs_since,
+    sensor_states,
+    wait_until_current,
+)
 from llm_support import Reply, ScriptedServer, merge_json
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
 from mergeit_assets.sensors import STALE_CLUSTERS_TAG
@@ -21,6 +28,8 @@ from test_dagster_graph import assert_lineage_invariants, scalar
 # Short sensor intervals keep the test bounded; the defaults are 15 s and 30 s.
 INTERVAL_S = 3
 PHASE_TIMEOUT_S = 240
+# A first file of 160 real rows (8 clusters), then a second of 8.
+FIRST_END, SECOND_END = 160, 168
 
 
 def rows_of_file_in_dataset(db: Path, name: str) -> int:
@@ -44,7 +53,7 @@ def test_dropped_files_reach_the_dataset_in_one_run_per_stage(tmp_path: Path) ->
             "source_files_sensor": "RUNNING", "stale_clusters_sensor": "RUNNING", "automation_sensor": "RUNNING",
         }
 
-        for name, part in (("first.jsonl", rows[:300]), ("second.jsonl", rows[300:])):
+        for name, part in (("first.jsonl", rows[:FIRST_END]), ("second.jsonl", rows[FIRST_END:SECOND_END])):
             dropped = time.time()
             settled(write_jsonl(folder / name, part))
             wait_until_current(instance, db, dropped, PHASE_TIMEOUT_S)
@@ -69,6 +78,18 @@ def test_dropped_files_reach_the_dataset_in_one_run_per_stage(tmp_path: Path) ->
             assert rows_of_file_in_dataset(db, name) == len(part)
             assert_lineage_invariants(db)
 
-        assert scalar(db, "SELECT count(DISTINCT source_id) FROM lineage") == len(rows)
+        assert scalar(db, "SELECT count(DISTINCT source_id) FROM lineage") == len(rows[:SECOND_END])
+
+        # One cluster alone, as from the UI: a run of that single partition.
+        key = instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME)[1]
+        run_id = launch_partition_run(port, "refresh_cluster", key)
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+        while not instance.get_run_by_id(run_id).is_finished and time.monotonic() < deadline:
+            time.sleep(1)
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+        events = [e.dagster_event for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)]
+        assert sorted((e.asset_key.to_user_string(), e.partition) for e in events) == [
+            ("merge_pairs", key), ("merged_samples", key), ("selected_subset", key),
+        ]
         assert scalar(db, "SELECT count(*) FROM merged_dataset WHERE origin = 'merged'") > 0
         assert scripted.request_count > 0
