@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -50,6 +51,8 @@ def main() -> None:
     files = {"base.jsonl": [r for i, r in enumerate(rows) if i % 100 != 99],
              "new.jsonl": [r for i, r in enumerate(rows) if i % 100 == 99]}
     work = Path(tempfile.mkdtemp(prefix="mergeit-daemon-bench-"))
+    # `kill PID` stops `dagster dev` and its runs too: SystemExit unwinds through dagster_dev().
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"stopped by SIGTERM; work dir {work}"))
     home, folder, db = instance_folder(work / "dagster_home"), work / "watched", work / "mergeit.duckdb"
     folder.mkdir()
     repo = Path(args.repo).resolve()

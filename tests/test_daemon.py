@@ -27,7 +27,7 @@ from test_dagster_graph import assert_lineage_invariants, scalar
 
 # Short sensor intervals keep the test bounded; the defaults are 15 s and 30 s.
 INTERVAL_S = 3
-PHASE_TIMEOUT_S = 240
+PHASE_TIMEOUT_S = 300
 # A first file of 160 real rows (8 clusters), then a second of 8.
 FIRST_END, SECOND_END = 160, 168
 
