@@ -2,9 +2,10 @@
 
 Splits a real file 99% / 1% (every 100th row is "new"), materializes everything on the 99%, then
 drops the 1% in as a new file, evaluates the source sensor, runs what it requests, evaluates the
-stale-clusters sensor, runs those partitions, then rebuilds merged_dataset. Prints wall times,
-partitions rerun out of all partitions, rows embedded, and LLM requests counted at the llama.cpp
-server (one shared embedded server, reached through the OpenAI-compatible client).
+stale-clusters sensor, runs the one range of partitions it requests, then rebuilds merged_dataset.
+Prints wall times, stale partitions out of all partitions, rows embedded, and LLM requests
+counted at the llama.cpp server (one shared embedded server, reached through the
+OpenAI-compatible client).
 
 Run: python bench/bench_incremental.py [../shared/data/mergeit-6k.json] [--max-tokens 384]
 """
@@ -25,6 +26,7 @@ from mergeit_assets import pipeline
 from mergeit_assets.definitions import defs
 from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
 from mergeit_assets.sensors import source_files_sensor, stale_clusters_sensor
+from mergeit_core import stages
 from mergeit_core.merge.llama_server import LlamaCppServer, default_gguf_path
 from mergeit_core.store import connect
 
@@ -83,21 +85,21 @@ def main() -> None:
         request = source_files_sensor(context)
         upstream = pipeline.materialize(request.asset_selection, instance, resources, tags=request.tags, log_level=log)
         embedded = upstream.asset_materializations_for_node("instruction_embeddings")[0].metadata["rows_embedded"].value
+        stale = stages.stale_partitions(work / "mergeit.duckdb")
         with dg.partition_loading_context(dynamic_partitions_store=instance):
-            stale = stale_clusters_sensor.evaluate_tick(
+            refresh = stale_clusters_sensor.evaluate_tick(
                 dg.build_sensor_context(instance=instance, resources=resources, definitions=defs)
             ).run_requests or []
         before = served(server)
-        for run_request in stale:
-            pipeline.materialize(run_request.asset_selection, instance, resources,
-                                 partition_key=run_request.partition_key, log_level=log)
+        for run_request in refresh:  # one run over the stale partitions' range
+            pipeline.materialize(run_request.asset_selection, instance, resources, tags=run_request.tags, log_level=log)
         pipeline.materialize(pipeline.DOWNSTREAM, instance, resources, log_level=log)
         rerun_s = time.perf_counter() - started
         rerun_requests = served(server) - before
         with connect(work / "mergeit.duckdb") as conn:
             final = conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0]
         print(f"incremental rerun: {len(new)} new rows, {embedded} embedded, "
-              f"{len(stale)}/{len(instance.get_dynamic_partitions('clusters'))} partitions rerun, "
+              f"{len(stale)}/{len(instance.get_dynamic_partitions('clusters'))} partitions stale, {len(refresh)} run(s), "
               f"{rerun_requests} LLM requests, {rerun_s:.0f} s")
         print(f"first/rerun wall time ratio {first_s / rerun_s:.1f}x; final rows {final}; work dir {work}")
 

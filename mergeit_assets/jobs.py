@@ -1,4 +1,5 @@
-"""Jobs the sensors target: the unpartitioned upstream, and one cluster's per-cluster assets."""
+"""Jobs the sensors target: the unpartitioned upstream, and the per-cluster assets of one cluster
+(a UI run) or of a partition range in one run (the stale-clusters sensor)."""
 
 import dagster as dg
 
@@ -22,5 +23,5 @@ refresh_cluster_job = dg.define_asset_job(
     "refresh_cluster",
     selection=[selected_subset, merge_pairs, merged_samples],
     partitions_def=clusters_partitions,
-    description="Select, group and merge one cluster.",
+    description="Select, group and merge one cluster, or a range of clusters in one run.",
 )

@@ -32,7 +32,8 @@ def test_definitions_load_with_the_public_names() -> None:
             assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "clusters"
         else:
             assert partitions is None
-    assert {s.name for s in defs.sensors} == {"source_files_sensor", "stale_clusters_sensor"}
+    assert {s.name for s in defs.sensors} == {"source_files_sensor", "stale_clusters_sensor", "automation_sensor"}
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
     assert len(list(defs.asset_checks)) == 3
 
 

@@ -14,12 +14,15 @@ from test_dagster_graph import assert_lineage_invariants
 
 from mergeit_assets import pipeline
 from mergeit_assets.definitions import defs
+from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
 from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
 from mergeit_assets.sensors import PER_CLUSTER_SELECTION, source_files_sensor, stale_clusters_sensor
 from mergeit_core.merge.llama_server import LlamaCppServer
+from mergeit_core import stages
 from mergeit_core.store import connect
 
 pytestmark = pytest.mark.llm
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 class Platform:
@@ -104,14 +107,20 @@ def test_new_file_reruns_only_what_it_affects(platform: Platform, llama_server: 
     assert unchanged, "some clusters should be untouched by two new rows"
     assert all(clusters_before[h] == clusters_after[h] for h in unchanged)
 
-    stale = platform.stale_cluster_requests()
-    stale_keys = {r.partition_key for r in stale}
+    # One request for every stale cluster: a partition range from the first to the last of them.
+    stale_keys = set(stages.stale_partitions(platform.db))
     assert stale_keys and stale_keys.isdisjoint({clusters_after[h] for h in unchanged})
-    assert all(r.asset_selection == PER_CLUSTER_SELECTION for r in stale)
+    [stale] = platform.stale_cluster_requests()
+    assert stale.asset_selection == PER_CLUSTER_SELECTION and stale.partition_key is None
+    order = platform.instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME)
+    span = order[order.index(stale.tags[RANGE_START]) : order.index(stale.tags[RANGE_END]) + 1]
+    assert stale_keys <= set(span) and {span[0], span[-1]} <= stale_keys
 
     requests_before = served_requests(llama_server)
-    for run_request in stale:
-        platform.run_request(run_request)
+    refreshed = platform.run_request(stale)
+    for asset in PER_CLUSTER_SELECTION:
+        materialized = {e.partition for e in refreshed.get_asset_materialization_events() if e.asset_key == asset}
+        assert materialized == set(span), asset
     sent = served_requests(llama_server) - requests_before
     changed_groups = platform.groups() - groups_before
     # Each changed group costs at most its first ask plus two re-asks for invalid answers.
@@ -157,8 +166,8 @@ def test_deleting_a_source_file_retires_its_rows_without_dangling_lineage(platfo
     # Selections are stale until their partitions rerun, so only the lineage checks apply yet.
     assert_lineage_invariants(platform.db, checks=("samples_without_lineage", "dangling_lineage"))
 
-    for run_request in platform.stale_cluster_requests():
-        platform.run_request(run_request)
+    [refresh] = platform.stale_cluster_requests()
+    platform.run_request(refresh)
     assert pipeline.materialize(pipeline.DOWNSTREAM, platform.instance, platform.resources).success
     assert_no_rows_from(platform.db, "doomed.jsonl")
     assert_lineage_invariants(platform.db)

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from mergeit_assets.resources import PipelineSettings
-from mergeit_assets.sensors import CHANGED_FILES_TAG, UPSTREAM_SELECTION, source_files_sensor
+from mergeit_assets.sensors import CHANGED_FILES_TAG, UPSTREAM_SELECTION, source_files_sensor, stale_span
 from support import bundled_rows, settled, write_jsonl
 
 
@@ -92,3 +92,13 @@ def test_file_still_being_written_is_not_read_until_it_settles(instance: dg.Dags
 def test_missing_source_folder_is_a_skip_with_the_reason(instance: dg.DagsterInstance, tmp_path: Path) -> None:
     skip, _ = tick(instance, tmp_path / "nowhere", None)
     assert isinstance(skip, dg.SkipReason) and "nowhere" in skip.skip_message
+
+
+def test_stale_span_follows_the_instance_partition_order() -> None:
+    # Keys are added as clusters appear, so the instance's order need not be the keys' order.
+    order = ["c000", "c001", "c004", "c002", "c003"]
+    assert stale_span(["c004", "c001"], order) == ["c001", "c004"]
+    assert stale_span(["c002", "c000"], order) == order[:4]
+    assert stale_span(["c003"], order) == ["c003"]
+    # A stale cluster the instance no longer has a partition for is not requested.
+    assert stale_span(["c009"], order) == []

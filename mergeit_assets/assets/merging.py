@@ -63,7 +63,9 @@ def merged_samples(
     group_name="merging",
     kinds={"duckdb"},
     # Rebuilt whenever any cluster's merges or selection change, once no upstream run is in flight.
-    automation_condition=dg.AutomationCondition.eager(),
+    # A re-clustering alone does not trigger it: the stale-clusters run it causes does, so the
+    # dataset is built once, after that run, not also from the stale partitions before it.
+    automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(topic_clusters)),
     description="The final training set: kept merges plus selected rows inside no kept merge, with lineage.",
 )
 def merged_dataset(context: dg.AssetExecutionContext, duckdb: MergeitDuckDB) -> dg.MaterializeResult:
