@@ -141,7 +141,7 @@ class LocalModelServer(ABC):
         if process is not None:
             # Engines start worker processes of their own; one that made itself a session
             # leader would outlive the group signal.
-            descendants = _descendants(process.pid)
+            descendants = descendant_pids(process.pid)
             _signal_group(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=self.stop_timeout_s)
@@ -206,7 +206,7 @@ class LlamaCppServer(LocalModelServer):
         ]
 
 
-def _descendants(pid: int) -> list[int]:
+def descendant_pids(pid: int) -> list[int]:
     """Every process below ``pid``, from ``ps`` (empty where ps is missing)."""
     try:
         listing = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout

@@ -7,9 +7,11 @@ The server may live in another Python than this one: vLLM's CPU build needs its 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
-from mergeit_core.merge.llama_server import LocalModelServer
+from mergeit_core.merge.llama_server import LocalModelServer, default_gguf_path
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.merge.vllm_backend import engine_arguments
 
@@ -47,3 +49,21 @@ class VLLMServer(LocalModelServer):
         return command + [
             "--served-model-name", self.model_alias, "--host", "127.0.0.1", "--port", str(self.port),
         ]
+
+
+def converted_model_dir() -> Path:
+    """$MERGEIT_VLLM_MODEL_DIR, else where bench/vllm_cpu/setup.sh converts the bundled SmolLM2."""
+    if os.environ.get("MERGEIT_VLLM_MODEL_DIR"):
+        return Path(os.environ["MERGEIT_VLLM_MODEL_DIR"])
+    return Path.home() / ".cache" / "mergeit" / "hf-models" / default_gguf_path().stem
+
+
+def missing_vllm_setup(python: str, model_dir: Path) -> str | None:
+    """Why ``python`` (a venv with vLLM) and ``model_dir`` cannot serve, or None when they can."""
+    if not python:
+        return "MERGEIT_VLLM_PYTHON is not set (bench/vllm_cpu/setup.sh builds the vLLM venv)"
+    if not os.access(python, os.X_OK):
+        return f"MERGEIT_VLLM_PYTHON={python} is not an executable"
+    if not (model_dir / "config.json").is_file():
+        return f"no converted model in {model_dir} (bench/vllm_cpu/setup.sh writes it; MERGEIT_VLLM_MODEL_DIR)"
+    return None
