@@ -140,7 +140,7 @@ def bench_vllm_offline(groups: int, max_tokens: int, python: str, model_dir: Pat
     finished = subprocess.run(
         [python, __file__, "--offline-worker", "--groups", str(groups), "--max-tokens", str(max_tokens)],
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
-             "MERGEIT_VLLM_MODEL_DIR": str(model_dir)},
+             "MERGEIT_VLLM_MODEL_DIR": str(model_dir), "VLLM_ENGINE_READY_TIMEOUT_S": "1200"},
         capture_output=True, text=True,
     )
     if finished.returncode != 0:
@@ -195,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if shape != "llama_cpp" and missing:
                 print(f"{shape}: skipped, {missing}", flush=True)
                 continue
-            measured = runs[shape]()
+            try:
+                measured = runs[shape]()
+            except Exception as error:  # the other shapes are still worth measuring
+                print(f"{shape}: failed, {type(error).__name__}: {str(error)[-2000:]}", flush=True)
+                continue
             for measurement in measured:
                 print(measurement.row(), flush=True)
             measurements += measured

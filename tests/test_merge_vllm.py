@@ -180,6 +180,7 @@ def still_running(pids: list[int], wait_s: float = 15.0) -> list[int]:
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(1800)  # vLLM's start-up alone is minutes on 2 busy cores
 @needs_vllm
 def test_offline_engine_merges_real_sample_groups_under_the_schema(
     sample_groups: list[MergeGroup], tmp_path: Path
@@ -196,8 +197,8 @@ def test_offline_engine_merges_real_sample_groups_under_the_schema(
 
     finished = subprocess.run(
         [VLLM_PYTHON, str(REPO_ROOT / "tests" / "vllm_offline_merge.py"), "request.json", "report.json"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"},
-        capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "VLLM_ENGINE_READY_TIMEOUT_S": "1200"},
+        capture_output=True, text=True, timeout=1500,
     )
 
     assert finished.returncode == 0, finished.stderr[-4000:]
@@ -215,6 +216,7 @@ def test_offline_engine_merges_real_sample_groups_under_the_schema(
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(1800)  # vLLM's start-up alone is minutes on 2 busy cores
 @needs_vllm
 def test_openai_backend_merges_through_a_real_vllm_server(
     sample_groups: list[MergeGroup], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

