@@ -85,6 +85,15 @@ class LLMResource(dg.ConfigurableResource):
         default=None,
         description="json_schema (OpenAI, vLLM) or json_object_schema (llama.cpp servers); empty: the backend's default.",
     )
+    # vLLM's offline engine (backend=vllm) only.
+    vllm_kv_cache_bytes: int | None = Field(
+        default=None, description="vLLM KV-cache bytes; empty: 1 GiB on CPU, vLLM's share of GPU memory on a GPU."
+    )
+    vllm_structured_output_backend: str = Field(default="xgrammar", description="vLLM grammar engine: xgrammar, guidance, outlines or auto.")
+    vllm_disable_any_whitespace: bool = Field(default=True, description="vLLM: no free whitespace in JSON answers.")
+    vllm_enforce_eager: bool | None = Field(default=None, description="vLLM eager mode; empty: on CPU only.")
+    vllm_dtype: str = Field(default="auto", description="vLLM weight dtype: auto, bfloat16, float16, float32.")
+    vllm_max_model_len: int = Field(default=4096, description="vLLM context: prompt + answer tokens.")
 
     @model_validator(mode="after")
     def _valid_llm_config(self) -> LLMResource:
@@ -102,6 +111,12 @@ class LLMResource(dg.ConfigurableResource):
             "concurrency": lambda: settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
             "quality_gate": lambda: settings.env_flag("MERGEIT_QUALITY_GATE"),
             "structured_output": lambda: settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
+            "vllm_kv_cache_bytes": lambda: settings.env_optional_int("MERGEIT_VLLM_KV_CACHE_BYTES"),
+            "vllm_structured_output_backend": lambda: settings.env_str("MERGEIT_VLLM_STRUCTURED_OUTPUT_BACKEND", "xgrammar"),
+            "vllm_disable_any_whitespace": lambda: settings.env_optional_bool("MERGEIT_VLLM_DISABLE_ANY_WHITESPACE", True),
+            "vllm_enforce_eager": lambda: settings.env_optional_bool("MERGEIT_VLLM_ENFORCE_EAGER"),
+            "vllm_dtype": lambda: settings.env_str("MERGEIT_VLLM_DTYPE", "auto"),
+            "vllm_max_model_len": lambda: settings.env_int("MERGEIT_VLLM_MAX_MODEL_LEN", 4096),
         }
         return cls(**_resolve(defaults, overrides))
 
@@ -117,6 +132,12 @@ class LLMResource(dg.ConfigurableResource):
             request_timeout_s=self.request_timeout_s,
             max_retries=self.max_retries,
             structured_output=self.structured_output or None,
+            vllm_kv_cache_bytes=self.vllm_kv_cache_bytes,
+            vllm_structured_output_backend=self.vllm_structured_output_backend,
+            vllm_disable_any_whitespace=self.vllm_disable_any_whitespace,
+            vllm_enforce_eager=self.vllm_enforce_eager,
+            vllm_dtype=self.vllm_dtype,
+            vllm_max_model_len=self.vllm_max_model_len,
         )
 
 

@@ -54,8 +54,26 @@ def env_str(name: str, default: str | None) -> str | None:
     return os.environ.get(name, default)
 
 
+def env_optional_int(name: str) -> int | None:
+    """An integer, or None where the variable is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return env_int(name, 0) if value else None
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_optional_bool(name: str, default: bool | None = None) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise SettingError(f"environment variable {name}={value!r} is not one of {', '.join(_TRUE + _FALSE)}")
+
+
 def env_flag(name: str) -> bool:
-    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+    return bool(env_optional_bool(name, False))
 
 
 # --- the rules ---------------------------------------------------------------------------------

@@ -291,6 +291,31 @@ def test_an_invalid_answer_then_a_valid_one_merges(
     assert cache_rows(response_cache) == [("merge", True)]
 
 
+def test_an_answer_cut_at_max_tokens_is_reasked_and_never_merged(
+    server: ScriptedServer, response_cache: DuckDBResponseCache
+) -> None:
+    # Parses as a whole merge, but the model was stopped mid-output by the token cap.
+    cut = Reply(merge_json("Merged task", "", "The answer begins"), finish_reason="length")
+    # g0 asks first (one request in flight): cut once, then whole; g1 is cut every time.
+    server.script = lambda index, body: cut if index == 0 or "group g1" in last_user_message(body) else VALID
+    batch = groups(2)
+
+    report = merge(server, response_cache, batch, config={"concurrency": 1}, invalid_retries=2)
+
+    recovered, cut_every_time = report.outcomes
+    assert (recovered.status, recovered.requests) == ("merged", 2)
+    assert recovered.sample is not None and recovered.sample.output == "Merged answer"
+    assert (cut_every_time.status, cut_every_time.sample, cut_every_time.requests) == ("failed", None, 3)
+    assert "cut at max_tokens" in (cut_every_time.error or "")
+    assert sorted(cache_rows(response_cache)) == [("merge", False), ("merge", True)]
+
+    rerun = merge(server, response_cache, batch, invalid_retries=2)
+
+    assert server.request_count == 5  # the cached cut answer is not paid for, nor taken as a merge
+    assert rerun.outcomes[1].status == "failed" and rerun.outcomes[1].cache_hit
+    assert "cut at max_tokens" in (rerun.outcomes[1].error or "")
+
+
 # --- concurrency -----------------------------------------------------------------------------------
 
 

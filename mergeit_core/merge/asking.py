@@ -69,15 +69,18 @@ class CachedAsker(Generic[T]):
         """Raises LLMError when the backend gives no answer at all; nothing is cached then."""
         if cached is not None:
             try:
-                return Answer(self._parse(cached.response), None, from_cache=True)
+                value = self._parse(cached.response)
             except InvalidResponseError as error:
                 return Answer(None, f"cached invalid answer: {error}", from_cache=True)
+            if not cached.valid:  # it parses, yet was refused when it came: cut at max_tokens
+                return Answer(None, "cached invalid answer: cut at max_tokens", from_cache=True)
+            return Answer(value, None, from_cache=True)
         for _ in range(self._asks):
             usage.requests += 1
             response = await self._backend.chat(messages, self._schema)
             usage.add_answer(response)
             try:
-                value = self._parse(response.content)
+                value = self._parse_whole(response)
             except InvalidResponseError as error:
                 last_error = error
                 continue
@@ -86,6 +89,13 @@ class CachedAsker(Generic[T]):
         # Cache the last invalid answer too, so a rerun does not pay for the same failure again.
         await self._store(key, response, valid=False)
         return Answer(None, f"invalid answer after {self._asks} asks: {last_error}", from_cache=False)
+
+    def _parse_whole(self, response: ChatResponse) -> T:
+        # A grammar does not stop a model at the token cap: a cut answer may still parse (a
+        # string closed early by the cap, an array missing its tail), but it is not the answer.
+        if response.finish_reason == "length":
+            raise InvalidResponseError(f"answer cut at max_tokens after {response.completion_tokens} tokens")
+        return self._parse(response.content)
 
     async def _store(self, key: str, response: ChatResponse, *, valid: bool) -> None:
         await asyncio.to_thread(

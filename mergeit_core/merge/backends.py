@@ -41,4 +41,8 @@ def open_backend(config: LLMConfig) -> Iterator[ChatBackend]:
             api_key_env=config.api_key_env,
         )
     else:
-        yield VLLMOfflineBackend(config)
+        engine = VLLMOfflineBackend(config)
+        try:
+            yield engine
+        finally:
+            engine.shutdown()

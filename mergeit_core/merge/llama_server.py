@@ -1,4 +1,4 @@
-"""The embedded llama.cpp server: a process on 127.0.0.1 that serves a GGUF model."""
+"""Model servers as child processes on 127.0.0.1, and the embedded llama.cpp one (a GGUF model)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from importlib import resources
 from pathlib import Path
 from typing import IO, Self
@@ -49,58 +50,33 @@ def _restore_default_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
-# llama.cpp moves weights into "extra" CPU buffer types (AMX tiles, repacked layouts) when the CPU
-# offers them. Seen with llama-cpp-python 0.3.36 built on a Xeon with AMX: decoding any batch of
-# more than a few tokens through the AMX buffers segfaults the server (SmolLM2 Q4_1 and Qwen2.5
-# Q4_K_M alike; a 10-token prompt is enough), while plain CPU buffers answer. The server has no
-# option for it, so the child turns them off before the server loads the model.
-_SERVER_WITH_PLAIN_CPU_BUFFERS = """
-import runpy
-import llama_cpp.llama_cpp as native
+class LocalModelServer(ABC):
+    """An OpenAI-compatible server process on a free 127.0.0.1 port, in its own session.
 
-_default_params = native.llama_model_default_params
-
-def _plain_cpu_buffers():
-    params = _default_params()
-    params.use_extra_bufts = False
-    return params
-
-native.llama_model_default_params = _plain_cpu_buffers
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
-"""
-
-
-class LlamaCppServer:
-    """``python -m llama_cpp.server`` on a free 127.0.0.1 port, in its own process group.
-
-    Leaving the context stops the whole group: SIGTERM, then SIGKILL after ``stop_timeout_s``.
-    llama-cpp-python answers one request at a time, so client concurrency only queues requests.
+    Leaving the context stops it surely: SIGTERM to its process group, SIGKILL after
+    ``stop_timeout_s``, then SIGKILL to any descendant that had left the group.
     """
 
-    def __init__(
-        self,
-        model_path: Path,
-        *,
-        n_ctx: int = 4096,
-        threads: int | None = None,
-        startup_timeout_s: float = 120.0,
-        stop_timeout_s: float = 10.0,
-        cpu_extra_buffers: bool = False,
-    ) -> None:
-        self.model_path = Path(model_path)
-        self.model_alias = self.model_path.name
-        self.n_ctx = n_ctx
-        # One core stays free for the caller: llama.cpp's threads wait on each other at every
-        # step, so a thread losing its core to another process stalls all of them (measured on
-        # 2 shared cores: 1 thread 22 tok/s steady, 2 threads 4-12 tok/s). Small models gain
-        # little beyond 8 threads.
-        self.threads = threads or min(max(_usable_cpus() - 1, 1), 8)
+    description = "model server"  # in error messages
+
+    def __init__(self, model_alias: str, *, startup_timeout_s: float, stop_timeout_s: float) -> None:
+        self.model_alias = model_alias
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self.cpu_extra_buffers = cpu_extra_buffers
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @abstractmethod
+    def _command(self) -> list[str]:
+        """The server's command line; it must serve ``model_alias`` on 127.0.0.1:``self.port``."""
+
+    def _check_model(self) -> None:
+        """Raise before starting anything when the model is plainly missing."""
+
+    def _environment(self) -> dict[str, str] | None:
+        """The server's environment; None: this process's."""
+        return None
 
     @property
     def base_url(self) -> str:
@@ -112,28 +88,13 @@ class LlamaCppServer:
             raise RuntimeError("the server is not running")
         return self._process.pid
 
-    def _command(self) -> list[str]:
-        options = {
-            "--model": str(self.model_path),
-            "--model_alias": self.model_alias,
-            "--host": "127.0.0.1",
-            "--port": str(self.port),
-            "--n_ctx": str(self.n_ctx),
-            "--n_threads": str(self.threads),
-            "--n_threads_batch": str(self.threads),
-            "--interrupt_requests": "False",
-            "--verbose": "False",
-        }
-        launch = ["-m", "llama_cpp.server"] if self.cpu_extra_buffers else ["-c", _SERVER_WITH_PLAIN_CPU_BUFFERS]
-        return [sys.executable, *launch, *(part for pair in options.items() for part in pair)]
-
     def __enter__(self) -> Self:
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
+        self._check_model()
         self.port = _free_local_port()
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             self._command(),
+            env=self._environment(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -156,12 +117,12 @@ class LlamaCppServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(
-                    f"llama.cpp server exited with code {self._process.returncode}:\n{self.log_tail()}"
+                    f"{self.description} exited with code {self._process.returncode}:\n{self.log_tail()}"
                 )
             if self._serves_our_model():
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"llama.cpp server not ready after {self.startup_timeout_s}s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.description} not ready after {self.startup_timeout_s}s:\n{self.log_tail()}")
 
     def _serves_our_model(self) -> bool:
         # Checking the alias, not just any answer, guards against another server that took the
@@ -185,15 +146,108 @@ class LlamaCppServer:
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None:
+            # Engines start worker processes of their own; one that made itself a session
+            # leader would outlive the group signal.
+            descendants = descendant_pids(process.pid)
             _signal_group(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 _signal_group(process.pid, signal.SIGKILL)
                 process.wait()
+            for pid in descendants:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+# llama.cpp moves weights into "extra" CPU buffer types (AMX tiles, repacked layouts) when the CPU
+# offers them. Seen with llama-cpp-python 0.3.36 built on a Xeon with AMX: decoding any batch of
+# more than a few tokens through the AMX buffers segfaults the server (SmolLM2 Q4_1 and Qwen2.5
+# Q4_K_M alike; a 10-token prompt is enough), while plain CPU buffers answer. The server has no
+# option for it, so the child turns them off before the server loads the model.
+_SERVER_WITH_PLAIN_CPU_BUFFERS = """
+import runpy
+import llama_cpp.llama_cpp as native
+
+_default_params = native.llama_model_default_params
+
+def _plain_cpu_buffers():
+    params = _default_params()
+    params.use_extra_bufts = False
+    return params
+
+native.llama_model_default_params = _plain_cpu_buffers
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+class LlamaCppServer(LocalModelServer):
+    """``python -m llama_cpp.server`` serving a GGUF file.
+
+    llama-cpp-python answers one request at a time, so client concurrency only queues requests.
+    """
+
+    description = "llama.cpp server"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        threads: int | None = None,
+        startup_timeout_s: float = 120.0,
+        stop_timeout_s: float = 10.0,
+        cpu_extra_buffers: bool = False,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.cpu_extra_buffers = cpu_extra_buffers
+        super().__init__(self.model_path.name, startup_timeout_s=startup_timeout_s, stop_timeout_s=stop_timeout_s)
+        self.n_ctx = n_ctx
+        # One core stays free for the caller: llama.cpp's threads wait on each other at every
+        # step, so a thread losing its core to another process stalls all of them (measured on
+        # 2 shared cores: 1 thread 22 tok/s steady, 2 threads 4-12 tok/s). Small models gain
+        # little beyond 8 threads.
+        self.threads = threads or min(max(_usable_cpus() - 1, 1), 8)
+
+    def _check_model(self) -> None:
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"GGUF model not found: {self.model_path}")
+
+    def _command(self) -> list[str]:
+        options = {
+            "--model": str(self.model_path),
+            "--model_alias": self.model_alias,
+            "--host": "127.0.0.1",
+            "--port": str(self.port),
+            "--n_ctx": str(self.n_ctx),
+            "--n_threads": str(self.threads),
+            "--n_threads_batch": str(self.threads),
+            "--interrupt_requests": "False",
+            "--verbose": "False",
+        }
+        launch = ["-m", "llama_cpp.server"] if self.cpu_extra_buffers else ["-c", _SERVER_WITH_PLAIN_CPU_BUFFERS]
+        return [sys.executable, *launch, *(part for pair in options.items() for part in pair)]
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Every process below ``pid``, from ``ps`` (empty where ps is missing)."""
+    try:
+        listing = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    children: dict[int, list[int]] = {}
+    for line in listing.splitlines():
+        child, parent = (int(field) for field in line.split())
+        children.setdefault(parent, []).append(child)
+    found, frontier = [], [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
 
 
 def _signal_group(pgid: int, signum: int) -> None:

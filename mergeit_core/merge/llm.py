@@ -57,6 +57,17 @@ class LLMConfig:
     total_timeout_s: float = 600.0  # one request, retries and their backoff included
     n_ctx: int = 4096  # llama.cpp context: system prompt + examples + sources + answer
     structured_output: StructuredOutputForm | None = None  # None: the backend's default form
+    # vLLM's offline engine (backend "vllm"); None: what suits the platform vLLM runs on.
+    # KV-cache bytes; None: 1 GiB on CPU (vLLM would otherwise reserve 92% of NUMA node 0, more
+    # than such a node often has free), and on a GPU vLLM's own share of the device memory.
+    vllm_kv_cache_bytes: int | None = None
+    vllm_structured_output_backend: str = "xgrammar"  # or "guidance", "outlines", "auto"
+    # Keeps the grammar from letting a model pad JSON with whitespace up to the token cap; vLLM
+    # honours it only as an engine setting, not per request.
+    vllm_disable_any_whitespace: bool = True
+    vllm_enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on a GPU
+    vllm_dtype: str = "auto"
+    vllm_max_model_len: int = 4096  # prompt + answer; also bounds the KV cache one request needs
 
     def __post_init__(self) -> None:
         if self.backend not in DEFAULT_STRUCTURED_OUTPUT:
@@ -77,7 +88,10 @@ class LLMConfig:
             "request_timeout_s": self.request_timeout_s,
             "total_timeout_s": self.total_timeout_s,
             "n_ctx": self.n_ctx,
+            "vllm_max_model_len": self.vllm_max_model_len,
         }
+        if self.vllm_kv_cache_bytes is not None:
+            positive["vllm_kv_cache_bytes"] = self.vllm_kv_cache_bytes
         for name, value in positive.items():
             if value <= 0:
                 raise SettingError(f"{name} must be positive, got {value}")

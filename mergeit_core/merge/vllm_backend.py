@@ -7,6 +7,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mergeit_core.merge.llm import (
     ChatResponse,
@@ -74,12 +75,40 @@ class MicroBatchingBackend(ABC):
         self._queue.clear()  # left by an aborted run: their waiters died with its event loop
 
 
+# vLLM sizes its CPU KV cache from NUMA node 0 (92% of it), which may report far less memory
+# than is free (13 of 24 GiB on a 2-core VM): the engine then refuses to start. 1 GiB holds
+# tens of thousands of tokens of a small model.
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def engine_arguments(config: LLMConfig, *, on_cpu: bool) -> dict[str, Any]:
+    """``vllm.LLM``'s keyword arguments for ``config`` on vLLM's CPU build or a GPU build."""
+    arguments: dict[str, Any] = {
+        "model": config.model,
+        "dtype": config.vllm_dtype,
+        "max_model_len": config.vllm_max_model_len,
+        # CUDA graphs speed a GPU up; on a CPU there are none to capture.
+        "enforce_eager": on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
+        "structured_outputs_config": {
+            "backend": config.vllm_structured_output_backend,
+            "disable_any_whitespace": config.vllm_disable_any_whitespace,
+        },
+    }
+    kv_cache_bytes = config.vllm_kv_cache_bytes
+    if kv_cache_bytes is None and on_cpu:
+        kv_cache_bytes = CPU_KV_CACHE_BYTES
+    if kv_cache_bytes is not None:  # on a GPU, None leaves vLLM its gpu_memory_utilization share
+        arguments["kv_cache_memory_bytes"] = kv_cache_bytes
+    return arguments
+
+
 class VLLMOfflineBackend(MicroBatchingBackend):
     backend = "vllm"
 
     def __init__(self, config: LLMConfig) -> None:
         super().__init__()
         import vllm  # optional dependency: only this backend needs it
+        from vllm.platforms import current_platform
 
         try:
             from vllm.sampling_params import StructuredOutputsParams
@@ -94,7 +123,14 @@ class VLLMOfflineBackend(MicroBatchingBackend):
         self._config = config
         self._sampling_params_type = vllm.SamplingParams
         self._structured_outputs_type = StructuredOutputsParams
-        self._llm = vllm.LLM(model=config.model)
+        self._llm = vllm.LLM(**engine_arguments(config, on_cpu=current_platform.is_cpu()))
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes now rather than when this process exits: a long-lived
+        process (Dagster's) would otherwise keep the model and its KV cache in memory."""
+        engine_core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
 
     def chat_batch(
         self, conversations: Sequence[Sequence[Message]], schema: JsonSchema
