@@ -112,7 +112,7 @@ def test_without_environment_the_engine_settings_are_the_platform_defaults(monke
 def test_a_malformed_switch_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MERGEIT_VLLM_ENFORCE_EAGER", "sometimes")
 
-    with pytest.raises(ValueError, match=r"\$MERGEIT_VLLM_ENFORCE_EAGER='sometimes'"):
+    with pytest.raises(ValueError, match=r"MERGEIT_VLLM_ENFORCE_EAGER='sometimes'"):
         LLMResource.from_env()
 
 
