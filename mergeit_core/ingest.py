@@ -146,9 +146,12 @@ def _is_ignored_name(name: str) -> bool:
 # --- ingestion -------------------------------------------------------------------------------
 
 
-def ingest_sources(sources: Sequence[str | Path]) -> IngestResult:
+def ingest_sources(
+    sources: Sequence[str | Path], *, on_file: Callable[[FileSummary], None] | None = None
+) -> IngestResult:
     """Read every source file; accept the first occurrence of each sample in (file path, row,
-    turn) order, and record every rejected or repeated row."""
+    turn) order, and record every rejected or repeated row. ``on_file`` sees each file's
+    summary as soon as it has been read."""
     result = IngestResult()
     accepted_ids: set[str] = set()
     for path in discover_source_files(sources):
@@ -181,6 +184,8 @@ def ingest_sources(sources: Sequence[str | Path]) -> IngestResult:
                 duplicate=duplicate,
             )
         )
+        if on_file is not None:
+            on_file(result.files[-1])
     return result
 
 

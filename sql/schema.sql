@@ -139,3 +139,4 @@ CREATE TABLE IF NOT EXISTS sample_sources (
     source_id    VARCHAR NOT NULL,
     PRIMARY KEY (sample_id, source_id)
 );
+ALTER TABLE partition_inputs ADD COLUMN IF NOT EXISTS settings VARCHAR;  -- JSON: the settings the partition was computed with
