@@ -18,13 +18,15 @@ MAP_POINTS = 2000  # rows drawn on the cluster map; a PCA of a sample this size 
 
 @dataclass(frozen=True)
 class ClusterMap:
-    """Rows projected on the first two principal components of their embeddings."""
+    """Rows projected on the first two principal components of the cluster centres: the plane
+    that spreads the clusters apart most (a PCA of the rows themselves mostly shows within-cluster
+    spread, since sentence embeddings have no dominant directions)."""
 
     xy: np.ndarray  # (n, 2)
     cluster_keys: list[str]
     selected: np.ndarray  # (n,) bool: in the current selection
     rows: int  # clustered rows in all; xy holds a sample of at most MAP_POINTS
-    explained_variance: tuple[float, float]
+    explained_variance: tuple[float, float]  # of the centres' variance
 
 
 def cluster_map(db_path: str | Path, *, max_points: int = MAP_POINTS) -> ClusterMap:
@@ -36,26 +38,31 @@ def cluster_map(db_path: str | Path, *, max_points: int = MAP_POINTS) -> Cluster
         vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), -1).astype(np.float64)
         if len(vectors) else np.zeros((0, embed.EMBEDDING_DIM))
     )
-    xy, explained = _pca_2d(matrix)
+    cluster_keys = table.column("cluster_key").to_pylist()
+    xy, explained = _centre_pca_2d(matrix, np.array(cluster_keys))
     return ClusterMap(
         xy=xy,
-        cluster_keys=table.column("cluster_key").to_pylist(),
+        cluster_keys=cluster_keys,
         selected=np.asarray(table.column("selected").to_pylist(), dtype=bool),
         rows=rows,
         explained_variance=explained,
     )
 
 
-def _pca_2d(matrix: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+def _centre_pca_2d(matrix: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Project the rows on the top two principal axes of their clusters' centres (of the rows
+    themselves when there are fewer than three clusters)."""
     if len(matrix) < 2:
         return np.zeros((len(matrix), 2)), (0.0, 0.0)
-    centred = matrix - matrix.mean(axis=0)
-    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    keys = sorted(set(labels.tolist()))
+    basis = np.stack([matrix[labels == key].mean(axis=0) for key in keys]) if len(keys) >= 3 else matrix
+    mean = basis.mean(axis=0)
+    _, singular, components = np.linalg.svd(basis - mean, full_matrices=False)
     variance = singular**2
     share = variance / variance.sum() if variance.sum() > 0 else variance
     top = min(2, len(singular))
     xy = np.zeros((len(matrix), 2))
-    xy[:, :top] = centred @ components[:top].T
+    xy[:, :top] = (matrix - mean) @ components[:top].T
     return xy, (float(share[0]), float(share[1]) if top > 1 else 0.0)
 
 

@@ -27,8 +27,8 @@ def _png(figure) -> bytes:
 
 
 def cluster_map_png(points: ClusterMap, *, title: str = "Topic clusters") -> bytes:
-    """The rows on their first two principal components, coloured by cluster; rows in the
-    current selection ringed in black."""
+    """The rows on the plane of the cluster centres' first two principal components, coloured by
+    cluster; rows in the current selection ringed in black."""
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     keys = sorted(set(points.cluster_keys))
     colours = plt.get_cmap("tab20" if len(keys) > 10 else "tab10")
@@ -39,11 +39,11 @@ def cluster_map_png(points: ClusterMap, *, title: str = "Topic clusters") -> byt
                      label=key if len(keys) <= 20 else None, alpha=0.8, linewidths=0)
     if points.selected.any():
         axes.scatter(points.xy[points.selected, 0], points.xy[points.selected, 1], s=22, facecolors="none",
-                     edgecolors="black", linewidths=0.6, label=f"selected ({int(points.selected.sum())})")
+                     edgecolors="black", linewidths=0.4, label=f"selected ({int(points.selected.sum())})")
     shown = len(points.cluster_keys)
     axes.set_title(f"{title}: {len(keys)} clusters, {shown:,} of {points.rows:,} rows")
-    axes.set_xlabel(f"PC1 ({points.explained_variance[0]:.0%} of variance)")
-    axes.set_ylabel(f"PC2 ({points.explained_variance[1]:.0%} of variance)")
+    axes.set_xlabel(f"cluster centres' PC1 ({points.explained_variance[0]:.0%} of their variance)")
+    axes.set_ylabel(f"cluster centres' PC2 ({points.explained_variance[1]:.0%})")
     if len(keys) <= 20 or points.selected.any():
         axes.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _png(figure)
