@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -10,7 +11,8 @@ import time
 from pathlib import Path
 
 from mergeit_assets import instance_home
-from mergeit_core import settings
+from mergeit_core import progress, settings
+from mergeit_core.card import write_card
 from mergeit_core.export import export_dataset
 from mergeit_core.merge.llm import DEFAULT_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_FORMS
 from mergeit_core.settings import SettingError
@@ -88,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     instance_home.prepare(home, database)
     os.environ["DAGSTER_HOME"] = str(home)
     started = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
+    terminal = progress.console(progress.terminal_sink(sys.stderr)) if not args.quiet else contextlib.nullcontext()
+    with dg.DagsterInstance.get() as instance, terminal:
         try:
             run_all(instance, resources, log_level=args.log_level)
         except dg.DagsterExecutionStepExecutionError as error:
@@ -143,8 +146,10 @@ def _print_fields(instruction: str, input_: str, output: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    rows = export_dataset(_existing_database(args.db), args.out)
-    print(f"wrote {rows} samples to {Path(args.out).resolve()}")
+    database = _existing_database(args.db)
+    rows = export_dataset(database, args.out)
+    card = write_card(database, args.out)
+    print(f"wrote {rows} samples to {Path(args.out).resolve()}; dataset card {card.resolve()}")
     return 0
 
 
@@ -169,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", type=float, help="similarity a merge group must exceed (default 0.55)")
     run.add_argument("--max-group-size", type=int, help="largest merge group (default 2)")
     run.add_argument("--quality-gate", action="store_true", help="keep merges only if an LLM judge scores them above their sources")
-    run.add_argument("--log-level", default="INFO", help="Dagster console log level (default INFO)")
+    # Progress and warnings by default; DEBUG shows every Dagster engine event, INFO the run's log.
+    run.add_argument("--log-level", default="WARNING",
+                     help="Dagster console log level: WARNING (default), INFO (the run's log) or DEBUG (every engine event)")
+    run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.add_argument(
         "--dagster-home",
         help="Dagster instance folder (default $DAGSTER_HOME, else ./dagster_home when it serves this database, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
@@ -23,16 +23,41 @@ def load_model(device: str = "cpu"):
     return SentenceTransformer(str(get_model_path()), device=device)
 
 
-def embed_texts(texts: Sequence[str], *, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+def embed_texts(
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    on_progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """L2-normalised float32 embeddings, one row per text.
 
     sentence-transformers sorts each call's texts by length before batching, so padding stays
-    small; the result comes back in input order.
+    small; the result comes back in input order. With ``on_progress`` (told how many texts are
+    done), the texts are sorted longest first here, as sentence-transformers sorts them, and
+    encoded in slices of a few batches: the same batches, with a report after each slice.
     """
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    vectors = load_model(device).encode(
-        list(texts),
+    model = load_model(device)
+    if on_progress is None:
+        return _encode(model, list(texts), batch_size)
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    vectors = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    step = batch_size * _BATCHES_PER_REPORT
+    for start in range(0, len(order), step):
+        indices = order[start:start + step]
+        vectors[indices] = _encode(model, [texts[i] for i in indices], batch_size)
+        on_progress(start + len(indices))
+    return vectors
+
+
+_BATCHES_PER_REPORT = 4
+
+
+def _encode(model, texts: list[str], batch_size: int) -> np.ndarray:
+    vectors = model.encode(
+        texts,
         batch_size=batch_size,
         normalize_embeddings=True,
         convert_to_numpy=True,

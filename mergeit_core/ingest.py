@@ -224,12 +224,16 @@ def _ignored_name_reason(name: str) -> str:
 
 
 def ingest_sources(
-    sources: Sequence[str | Path], previous_owners: Mapping[str, Location] | None = None
+    sources: Sequence[str | Path],
+    previous_owners: Mapping[str, Location] | None = None,
+    *,
+    on_file: Callable[[FileSummary], None] | None = None,
 ) -> IngestResult:
     """Read every source file and accept one occurrence of each sample; the others are its
     duplicates. The accepted occurrence is the one accepted before (``previous_owners``:
     source_id -> location) while it is still there, so adding a file never moves a sample's
-    lineage; a new sample is accepted at its first occurrence in (file path, row, turn) order."""
+    lineage; a new sample is accepted at its first occurrence in (file path, row, turn) order.
+    ``on_file`` sees each file's summary as soon as it has been accounted for."""
     scan = scan_source_paths(sources)
     result = IngestResult(skipped=scan.skipped)
     read = [(path, _read_file(path)) for path in scan.files]
@@ -262,6 +266,8 @@ def ingest_sources(
                 duplicate=duplicate,
             )
         )
+        if on_file is not None:
+            on_file(result.files[-1])
     return result
 
 

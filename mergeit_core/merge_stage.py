@@ -4,18 +4,20 @@ cluster's rows replaced in one short transaction."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.engine import MergeGroup, MergeReport, run_merges
+from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.merge.prompt import PROMPT_VERSION
 from mergeit_core.merge.quality import LLMJudgeScorer
+from mergeit_core.progress import NO_PROGRESS, ProgressReporter, StageProgress
 from mergeit_core.records import Sample
 from mergeit_core.stages import now_utc, record_partition_membership
 from mergeit_core.store import connect, insert_columns, run_sql, transaction
@@ -33,6 +35,9 @@ class MergeStats:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    # Per cluster: LLM requests sent and groups answered from the cache in this run.
+    requests_by_cluster: dict[str, int] = field(default_factory=dict)
+    cache_hits_by_cluster: dict[str, int] = field(default_factory=dict)
 
 
 def load_merge_groups(db_path: str | Path, cluster_keys: Sequence[str]) -> list[MergeGroup]:
@@ -54,6 +59,7 @@ def merge_clusters(
     *,
     quality_gate: bool = False,
     run_id: str | None = None,
+    progress: ProgressReporter = NO_PROGRESS,
 ) -> MergeStats:
     """Merge every group of the given clusters in one pool of concurrent requests, then replace
     each cluster's merged_samples rows. Answers are cached as they arrive, so a rerun after a
@@ -61,12 +67,14 @@ def merge_clusters(
     groups = load_merge_groups(db_path, cluster_keys)
     report = MergeReport.of([], 0.0)
     model = backend_name = ""
+    tracker = progress.stage("merge", total=len(groups), unit="groups")
     if groups:
         cache = DuckDBResponseCache(db_path)
         with open_backend(config) as backend:
             scorer = LLMJudgeScorer(backend, cache) if quality_gate else None
-            report = run_merges(groups, backend, cache, config, scorer=scorer)
+            report = run_merges(groups, backend, cache, config, scorer=scorer, on_outcome=_MergeTally(tracker))
             model, backend_name = backend.model, backend.backend
+    tracker.finish()
     outcomes = {outcome.group_id: outcome for outcome in report.outcomes}
     rows = [(group, outcomes[group.group_id]) for group in groups]
     sampling = json.dumps(config.sampling_params(), sort_keys=True)
@@ -94,7 +102,7 @@ def merge_clusters(
             "created_at": pa.array([now] * len(rows), pa.timestamp("us")),
         })
         for cluster_key in cluster_keys:
-            record_partition_membership(conn, "merged_samples", cluster_key, run_id)
+            record_partition_membership(conn, "merged_samples", cluster_key, run_id, {"quality_gate": quality_gate})
     by_status = {status: sum(o.status == status for o in report.outcomes) for status in ("merged", "failed", "rejected_by_quality")}
     return MergeStats(
         clusters=len(cluster_keys),
@@ -107,4 +115,36 @@ def merge_clusters(
         prompt_tokens=report.prompt_tokens,
         completion_tokens=report.completion_tokens,
         seconds=report.wall_s,
+        requests_by_cluster=_sum_by_cluster(report.outcomes, lambda o: o.requests),
+        cache_hits_by_cluster=_sum_by_cluster(report.outcomes, lambda o: int(o.cache_hit)),
     )
+
+
+def _sum_by_cluster(outcomes: Sequence[MergeOutcome], value) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for outcome in outcomes:
+        totals[outcome.cluster_key] += value(outcome)
+    return dict(totals)
+
+
+class _MergeTally:
+    """Reports each finished group: requests/s, cache hits and failures so far."""
+
+    def __init__(self, tracker: StageProgress) -> None:
+        self._tracker = tracker
+        self._requests = self._cache_hits = 0
+        self._statuses: Counter[str] = Counter()
+
+    def __call__(self, outcome: MergeOutcome) -> None:
+        self._requests += outcome.requests
+        self._cache_hits += outcome.cache_hit
+        self._statuses[outcome.status] += 1
+        elapsed = self._tracker.elapsed_s
+        self._tracker.advance(
+            1,
+            requests=self._requests,
+            requests_per_s=f"{self._requests / elapsed:.2f}" if elapsed > 0 else "0",
+            cache_hits=self._cache_hits,
+            failed=self._statuses["failed"],
+            **{status: n for status, n in self._statuses.items() if status not in ("merged", "failed")},
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from mergeit_core import cluster as clustering
 from mergeit_core import embed, pairing, select
-from mergeit_core.ingest import IGNORED, SKIPPED, IngestResult, ingest_sources
+from mergeit_core.ingest import IGNORED, SKIPPED, FileSummary, IngestResult, ingest_sources
+from mergeit_core.progress import NO_PROGRESS, ProgressReporter
 from mergeit_core.records import Sample, group_id
 from mergeit_core.store import connect, embedding_array, fetch_table, insert_columns, run_sql, transaction
 
@@ -37,12 +38,16 @@ def _matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1).astype(np.float32)
 
 
-def record_partition_membership(conn, asset_name: str, cluster_key: str, run_id: str | None) -> None:
-    """Note which membership of the cluster this asset's partition was computed from."""
+def record_partition_membership(
+    conn, asset_name: str, cluster_key: str, run_id: str | None, settings: Mapping[str, object] | None = None
+) -> None:
+    """Note which membership of the cluster this asset's partition was computed from, and with
+    which settings (the dataset card reports them)."""
     conn.execute("DELETE FROM partition_inputs WHERE asset_name = ? AND cluster_key = ?", [asset_name, cluster_key])
     conn.execute(
-        "INSERT INTO partition_inputs SELECT ?, cluster_key, membership_hash, ?, ? FROM clusters WHERE cluster_key = ?",
-        [asset_name, run_id, now_utc(), cluster_key],
+        "INSERT INTO partition_inputs (asset_name, cluster_key, input_hash, run_id, materialized_at, settings) "
+        "SELECT ?, cluster_key, membership_hash, ?, ?, ? FROM clusters WHERE cluster_key = ?",
+        [asset_name, run_id, now_utc(), json.dumps(dict(settings or {}), sort_keys=True), cluster_key],
     )
 
 
@@ -61,7 +66,9 @@ class IngestStats:
     ignored_files: int  # hidden or still being written: not read on purpose
 
 
-def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestStats, IngestResult]:
+def ingest(
+    db_path: str | Path, sources: Sequence[str | Path], *, progress: ProgressReporter = NO_PROGRESS
+) -> tuple[IngestStats, IngestResult]:
     """Replace the source tables with what the configured files hold now; final samples made
     from rows that disappeared are retired in the same transaction. A sample keeps the source
     row it was accepted from while that row is still there, so its lineage does not move."""
@@ -72,7 +79,16 @@ def ingest(db_path: str | Path, sources: Sequence[str | Path]) -> tuple[IngestSt
                 "SELECT source_id, source_file, source_row, source_turn FROM source_instructions"
             ).fetchall()
         }
-    result = ingest_sources(sources, previous_owners)
+    tracker = progress.stage("read", total=None, unit="files")
+    read = {"rows_read": 0, "accepted": 0, "rejected": 0, "duplicate": 0}
+
+    def file_read(summary: FileSummary) -> None:
+        for name in read:
+            read[name] += getattr(summary, name)
+        tracker.advance(1, **read)
+
+    result = ingest_sources(sources, previous_owners, on_file=file_read)
+    tracker.finish()
     now = now_utc()
     accepted, rejected, duplicates = result.accepted, result.rejected, result.duplicates
     with connect(db_path) as conn, transaction(conn):
@@ -144,17 +160,22 @@ class EmbedStats:
     seconds: float
 
 
-def embed_missing(db_path: str | Path, *, batch_size: int = 64, chunk_size: int = 4096) -> EmbedStats:
+def embed_missing(
+    db_path: str | Path, *, batch_size: int = 64, chunk_size: int = 4096, progress: ProgressReporter = NO_PROGRESS
+) -> EmbedStats:
     """Embed only the source rows that have no embedding for the model yet, committing each
     chunk so an interrupted run keeps what it paid for."""
     started = time.perf_counter()
     with connect(db_path) as conn:
         pending = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": embed.MODEL_NAME}).fetchall()
         total = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
+    tracker = progress.stage("embed", total=len(pending), unit="rows")
     for start in range(0, len(pending), chunk_size):
         chunk = pending[start:start + chunk_size]
         texts = [Sample(instruction, input_, "").embedding_text for _, instruction, input_ in chunk]
-        vectors = embed.embed_texts(texts, batch_size=batch_size)
+        vectors = embed.embed_texts(
+            texts, batch_size=batch_size, on_progress=lambda done, offset=start: tracker.update(offset + done)
+        )
         with connect(db_path) as conn, transaction(conn):
             insert_columns(conn, "instruction_embeddings", {
                 "source_id": [source_id for source_id, _, _ in chunk],
@@ -162,6 +183,7 @@ def embed_missing(db_path: str | Path, *, batch_size: int = 64, chunk_size: int 
                 "embedding": embedding_array(vectors),
                 "embedded_at": pa.array([now_utc()] * len(chunk), pa.timestamp("us")),
             })
+    tracker.finish(already_embedded=total - len(pending))
     return EmbedStats(embedded=len(pending), total=total, seconds=time.perf_counter() - started)
 
 
@@ -182,7 +204,9 @@ class ClusterStats:
     unchanged: list[str]
 
 
-def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) -> ClusterStats:
+def cluster_topics(
+    db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED, progress: ProgressReporter = NO_PROGRESS
+) -> ClusterStats:
     with connect(db_path) as conn:
         current = fetch_table(conn, "pipeline/current_embeddings.sql", {"model": embed.MODEL_NAME})
         missing = conn.execute(
@@ -193,6 +217,7 @@ def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) 
     if missing:
         raise RuntimeError(f"{missing} source rows have no embedding yet: materialize instruction_embeddings first")
     source_ids: list[str] = current.column("source_id").to_pylist()
+    tracker = progress.stage("cluster", total=len(source_ids), unit="rows")
     embeddings = _matrix(current)
     previous_keys: list[str] = previous.column("cluster_key").to_pylist()
     previous_members = {
@@ -226,6 +251,7 @@ def cluster_topics(db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED) 
             _delete_cluster_rows(conn, key)
         run_sql(conn, "pipeline/invalidate_moved_rows.sql")
     changed = sorted(key for key in members if previous_hashes.get(key) != hashes[key])
+    tracker.finish(clusters=len(members), pca_components=fitted.n_components, changed=len(changed))
     return ClusterStats(
         k=len(members),
         rows=len(source_ids),
@@ -287,8 +313,28 @@ def select_cluster(
             "selection_rank": pa.array(range(1, len(selection.indices) + 1), pa.int32()),
             "marginal_gain": pa.array(selection.gains, pa.float64()),
         })
-        record_partition_membership(conn, "selected_subset", cluster_key, run_id)
+        record_partition_membership(conn, "selected_subset", cluster_key, run_id, {"budget": budget})
     return SelectStats(cluster_key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
+
+
+def select_clusters(
+    db_path: str | Path,
+    cluster_keys: Sequence[str],
+    *,
+    budget: int = select.DEFAULT_BUDGET,
+    run_id: str | None = None,
+    progress: ProgressReporter = NO_PROGRESS,
+) -> list[SelectStats]:
+    tracker = progress.stage("select", total=len(cluster_keys), unit="clusters")
+    results: list[SelectStats] = []
+    for key in cluster_keys:
+        results.append(select_cluster(db_path, key, budget=budget, run_id=run_id))
+        tracker.advance(
+            1, cluster=f"{key} {results[-1].selected}/{results[-1].cluster_size}",
+            selected=sum(r.selected for r in results),
+        )
+    tracker.finish()
+    return results
 
 
 # --- merge_pairs ---------------------------------------------------------------------------------
@@ -330,9 +376,31 @@ def pair_cluster(
             "member_index": pa.array([r[2] for r in rows], pa.int32()),
             "similarity": pa.array([r[3] for r in rows], pa.float64()),
         })
-        record_partition_membership(conn, "merge_pairs", cluster_key, run_id)
+        record_partition_membership(
+            conn, "merge_pairs", cluster_key, run_id, {"threshold": threshold, "max_group_size": max_group_size}
+        )
     sims = [r[3] for r in rows]
     return PairStats(cluster_key, len(source_ids), len(groups), len(rows), float(np.mean(sims)) if sims else None)
+
+
+def pair_clusters(
+    db_path: str | Path,
+    cluster_keys: Sequence[str],
+    *,
+    threshold: float = 0.55,
+    max_group_size: int = 2,
+    run_id: str | None = None,
+    progress: ProgressReporter = NO_PROGRESS,
+) -> list[PairStats]:
+    tracker = progress.stage("pair", total=len(cluster_keys), unit="clusters")
+    results: list[PairStats] = []
+    for key in cluster_keys:
+        results.append(
+            pair_cluster(db_path, key, threshold=threshold, max_group_size=max_group_size, run_id=run_id)
+        )
+        tracker.advance(1, cluster=f"{key} {results[-1].groups} groups", groups=sum(r.groups for r in results))
+    tracker.finish()
+    return results
 
 
 # --- merged_dataset ------------------------------------------------------------------------------
@@ -346,12 +414,17 @@ class DatasetStats:
     source_rows: int
 
 
-def build_merged_dataset(db_path: str | Path, *, run_id: str | None = None) -> DatasetStats:
+def build_merged_dataset(
+    db_path: str | Path, *, run_id: str | None = None, progress: ProgressReporter = NO_PROGRESS
+) -> DatasetStats:
+    tracker = progress.stage("dataset", total=None, unit="samples")
     with connect(db_path) as conn, transaction(conn):
         run_sql(conn, "pipeline/build_merged_dataset.sql", {"run_id": run_id})
         counts = dict(conn.execute("SELECT origin, count(*) FROM merged_dataset GROUP BY origin").fetchall())
         source_rows = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
     merged, selected_rows = counts.get("merged", 0), counts.get("selected", 0)
+    tracker.update(merged + selected_rows, merged=merged, selected=selected_rows)
+    tracker.finish()
     return DatasetStats(merged + selected_rows, merged, selected_rows, source_rows)
 
 

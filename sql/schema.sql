@@ -148,3 +148,5 @@ CREATE TABLE IF NOT EXISTS skipped_files (
     reason       VARCHAR NOT NULL,
     ingested_at  TIMESTAMP NOT NULL
 );
+
+ALTER TABLE partition_inputs ADD COLUMN IF NOT EXISTS settings VARCHAR;  -- JSON: the settings the partition was computed with

@@ -1,13 +1,18 @@
-"""Helpers shared by the tests: real rows from the bundled sample, written as source files."""
+"""Helpers shared by the tests: real rows from the bundled sample, written as source files, and
+`dagster dev` started and surely stopped."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import time
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from mergeit_core.merge.llama_server import LlamaCppServer
@@ -48,3 +53,81 @@ def run_mergeit(
         [command, *args], cwd=cwd, env={**os.environ, **(env or {})},
         capture_output=True, text=True, timeout=timeout, start_new_session=True,
     )
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def restore_default_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def stop_everything_under(process: subprocess.Popen, home: Path) -> None:
+    """dagster dev spawns a code server, webserver, daemon and log watchers: stop the group, then
+    anything still naming this instance's folder."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=15)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if str(home) in args:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def graphql(port: int, query: str, variables: Mapping[str, object] | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": dict(variables or {})}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+_ASSET_NODES = "{ assetNodes { assetKey { path } } }"
+
+
+@contextmanager
+def dagster_dev(home: Path, env: Mapping[str, str], log_path: Path, *, timeout_s: float = 180) -> Iterator[int]:
+    """`dagster dev` from the repository root on 127.0.0.1, in its own session with default
+    signal handlers; yields its port once the webserver answers with the asset graph, and stops
+    every process it started, whatever happens."""
+    port = free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=REPO_ROOT,
+            env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=restore_default_signals,
+        )
+        try:
+            deadline, answer = time.monotonic() + timeout_s, None
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    answer = graphql(port, _ASSET_NODES)
+                    if answer.get("data", {}).get("assetNodes"):
+                        break
+                except OSError:
+                    pass
+                time.sleep(2)
+            assert answer and answer.get("data", {}).get("assetNodes"), log_path.read_text()[-3000:]
+            yield port
+        finally:
+            stop_everything_under(process, home)

@@ -69,7 +69,7 @@ def test_second_materialization_sends_zero_requests(
         again = merge_all_partitions(instance, resources, llm)
         assert served_requests(llama_server) - before == 0
         metadata = again.asset_materializations_for_node("merged_samples")[0].metadata
-        assert metadata["requests"].value == 0 and metadata["cache_hits"].value == groups
+        assert metadata["run_requests"].value == 0 and metadata["run_cache_hits"].value == groups
         with connect(db_path) as conn:
             assert conn.execute("SELECT group_id, status, instruction, output FROM merged_samples ORDER BY 1").fetchall() == first
         assert pipeline.materialize(pipeline.DOWNSTREAM, instance, {**resources, "llm": llm}).success
@@ -130,7 +130,7 @@ def test_interrupted_partition_rerun_sends_only_the_rest(
             result = merge_all_partitions(instance, resources, llm)
         assert server.request_count - sent_before == groups - answered
     metadata = result.asset_materializations_for_node("merged_samples")[0].metadata
-    assert metadata["cache_hits"].value == answered
+    assert metadata["run_cache_hits"].value == answered
     assert scalar(db_path, "SELECT count(*) FROM merged_samples WHERE status = 'merged'") == groups
 
 

@@ -5,8 +5,9 @@ import dagster as dg
 
 from mergeit_assets.assets.selection import PER_CLUSTER_BACKFILL, merge_pairs, selected_subset, topic_clusters
 from mergeit_assets.partitions import clusters_partitions
+from mergeit_assets.reporting import image, progress_for
 from mergeit_assets.resources import LLMResource, MergeitDuckDB
-from mergeit_core import merge_stage, stages
+from mergeit_core import figures, merge_stage, plots, stages
 
 
 @dg.asset(
@@ -25,35 +26,52 @@ def merged_samples(
 ) -> dg.MaterializeResult:
     config = llm.to_config()
     stats = merge_stage.merge_clusters(
-        duckdb.database, context.partition_keys, config, quality_gate=llm.quality_gate, run_id=context.run.run_id
+        duckdb.database, context.partition_keys, config, quality_gate=llm.quality_gate,
+        run_id=context.run.run_id, progress=progress_for(context),
     )
     context.log.info(
         f"{stats.groups} groups: {stats.merged} merged, {stats.failed} failed, "
         f"{stats.rejected_by_quality} rejected by quality; {stats.requests} requests, {stats.cache_hits} cache hits"
     )
     keys = list(context.partition_keys)
+    # Each cluster partition shows its own figures; the run_ totals cover every cluster in the run.
+    for key, cluster in figures.cluster_figures(duckdb.database, keys).items():
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": cluster.merge_groups,
+                "cluster_size": cluster.size,
+                "selected": cluster.selected,
+                "groups": cluster.merge_groups,
+                "merged": cluster.statuses.get("merged", 0),
+                "not_kept": sum(cluster.reasons.values()),
+                "not_kept_by_reason": dg.MetadataValue.json(cluster.reasons),
+                "requests": stats.requests_by_cluster.get(key, 0),
+                "cache_hits": stats.cache_hits_by_cluster.get(key, 0),
+                "side_by_side": dg.MetadataValue.md(figures.side_by_side(duckdb.database, [key])),
+                "preview": dg.MetadataValue.md(
+                    stages.preview(
+                        duckdb.database,
+                        "SELECT group_id, status, instruction, error FROM merged_samples WHERE cluster_key = ? ORDER BY group_id",
+                        [key],
+                    )
+                ),
+            },
+            partition_key=key,
+        )
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": stats.groups,
-            "groups": stats.groups,
-            "merged": stats.merged,
-            "failed": stats.failed,
-            "rejected_by_quality": stats.rejected_by_quality,
-            "cache_hits": stats.cache_hits,
-            "groups_remerged": stats.groups - stats.cache_hits,
-            "requests": stats.requests,
+            "clusters_in_run": len(keys),
+            "run_groups": stats.groups,
+            "run_merged": stats.merged,
+            "run_failed": stats.failed,
+            "run_rejected_by_quality": stats.rejected_by_quality,
+            "run_cache_hits": stats.cache_hits,
+            "run_groups_remerged": stats.groups - stats.cache_hits,
+            "run_requests": stats.requests,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
             "wall_seconds": round(stats.seconds, 2),
             "backend": config.backend,
-            "preview": dg.MetadataValue.md(
-                stages.preview(
-                    duckdb.database,
-                    "SELECT group_id, status, instruction, error FROM merged_samples "
-                    "WHERE list_contains(?, cluster_key) ORDER BY group_id",
-                    [keys],
-                )
-            ),
         }
     )
 
@@ -69,7 +87,8 @@ def merged_samples(
     description="The final training set: kept merges plus selected rows inside no kept merge, with lineage.",
 )
 def merged_dataset(context: dg.AssetExecutionContext, duckdb: MergeitDuckDB) -> dg.MaterializeResult:
-    stats = stages.build_merged_dataset(duckdb.database, run_id=context.run.run_id)
+    stats = stages.build_merged_dataset(duckdb.database, run_id=context.run.run_id, progress=progress_for(context))
+    counts = figures.funnel(duckdb.database)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": stats.samples,
@@ -79,6 +98,14 @@ def merged_dataset(context: dg.AssetExecutionContext, duckdb: MergeitDuckDB) -> 
             "reduction": round(stats.samples / stats.source_rows, 4) if stats.source_rows else None,
             "preview": dg.MetadataValue.md(
                 stages.preview(duckdb.database, "SELECT sample_id, origin, instruction FROM merged_dataset ORDER BY origin, sample_id")
+            ),
+            "funnel": image(plots.funnel_png(counts), "funnel"),
+            "merge_outcomes": image(
+                plots.merge_outcomes_png(figures.reason_counts(figures.merge_outcomes(duckdb.database))), "merge outcomes"
+            ),
+            # Selection is final here for every cluster: the map with the rows it kept.
+            "cluster_map_with_selection": image(
+                plots.cluster_map_png(figures.cluster_map(duckdb.database), title="Selected rows"), "selected rows"
             ),
         }
     )

@@ -7,8 +7,9 @@ import dagster as dg
 
 from mergeit_assets import instance_home
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME, clusters_partitions
+from mergeit_assets.reporting import image, progress_for
 from mergeit_assets.resources import MergeitDuckDB, PipelineSettings
-from mergeit_core import embed, stages
+from mergeit_core import embed, figures, plots, stages
 
 # One run can cover every cluster (`mergeit run`, a UI backfill) without paying Dagster's per-run
 # start-up once per partition; the asset then loops over context.partition_keys.
@@ -20,8 +21,10 @@ PER_CLUSTER_BACKFILL = dg.BackfillPolicy.single_run()
     kinds={"duckdb"},
     description="Accepted source rows with file, 1-based row and content hash; rejects, duplicates and files not read are accounted for.",
 )
-def source_instructions(duckdb: MergeitDuckDB, pipeline: PipelineSettings) -> dg.MaterializeResult:
-    stats, _ = stages.ingest(duckdb.database, pipeline.sources)
+def source_instructions(
+    context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
+) -> dg.MaterializeResult:
+    stats, _ = stages.ingest(duckdb.database, pipeline.sources, progress=progress_for(context))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": stats.accepted,
@@ -51,8 +54,10 @@ def source_instructions(duckdb: MergeitDuckDB, pipeline: PipelineSettings) -> dg
     kinds={"duckdb", "pytorch"},
     description="all-MiniLM-L6-v2 embeddings (L2-normalised FLOAT[384]); only rows without one are encoded.",
 )
-def instruction_embeddings(duckdb: MergeitDuckDB, pipeline: PipelineSettings) -> dg.MaterializeResult:
-    stats = stages.embed_missing(duckdb.database, batch_size=pipeline.embed_batch_size)
+def instruction_embeddings(
+    context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
+) -> dg.MaterializeResult:
+    stats = stages.embed_missing(duckdb.database, batch_size=pipeline.embed_batch_size, progress=progress_for(context))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": stats.total,
@@ -74,7 +79,7 @@ def topic_clusters(
 ) -> dg.MaterializeResult:
     # The partitions written below describe this database's clusters: the instance serves it alone.
     instance_home.pair(Path(context.instance.root_directory), Path(duckdb.database))
-    stats = stages.cluster_topics(duckdb.database, seed=pipeline.kmeans_seed)
+    stats = stages.cluster_topics(duckdb.database, seed=pipeline.kmeans_seed, progress=progress_for(context))
     existing = set(context.instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME))
     live = set(stats.sizes)
     context.instance.add_dynamic_partitions(CLUSTERS_PARTITION_NAME, sorted(live - existing))
@@ -92,6 +97,13 @@ def topic_clusters(
             "removed": dg.MetadataValue.json(stats.removed),
             "changed": dg.MetadataValue.json(stats.changed),
             "unchanged_count": len(stats.unchanged),
+            # Selection runs after this asset, per cluster: the map rings the rows the current
+            # selection holds, i.e. the last selection of clusters whose membership is unchanged
+            # (none on a first run). merged_dataset draws the same map once every cluster is selected.
+            "cluster_map": image(plots.cluster_map_png(figures.cluster_map(duckdb.database)), "cluster map"),
+            "cluster_size_histogram": image(
+                plots.cluster_size_histogram_png(stats.sizes, budget=pipeline.selection_budget), "cluster sizes"
+            ),
         }
     )
 
@@ -107,16 +119,21 @@ def topic_clusters(
 def selected_subset(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
 ) -> dg.MaterializeResult:
-    results = [
-        stages.select_cluster(duckdb.database, key, budget=pipeline.selection_budget, run_id=context.run.run_id)
-        for key in context.partition_keys
-    ]
+    results = stages.select_clusters(
+        duckdb.database, context.partition_keys, budget=pipeline.selection_budget,
+        run_id=context.run.run_id, progress=progress_for(context),
+    )
+    # A run may cover many clusters: each partition's materialization gets its own figures.
+    for r in results:
+        context.add_asset_metadata(
+            {"dagster/row_count": r.selected, "cluster_size": r.cluster_size, "selected": r.selected,
+             "kept_whole": r.kept_whole},
+            partition_key=r.cluster_key,
+        )
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": sum(r.selected for r in results),
-            "clusters": len(results),
-            "cluster_rows": sum(r.cluster_size for r in results),
-            "kept_whole": sum(r.kept_whole for r in results),
+            "clusters_in_run": len(results),
+            "run_selected": sum(r.selected for r in results),
             "budget": pipeline.selection_budget,
         }
     )
@@ -133,21 +150,24 @@ def selected_subset(
 def merge_pairs(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
 ) -> dg.MaterializeResult:
-    results = [
-        stages.pair_cluster(
-            duckdb.database,
-            key,
-            threshold=pipeline.similarity_threshold,
-            max_group_size=pipeline.max_group_size,
-            run_id=context.run.run_id,
+    results = stages.pair_clusters(
+        duckdb.database,
+        context.partition_keys,
+        threshold=pipeline.similarity_threshold,
+        max_group_size=pipeline.max_group_size,
+        run_id=context.run.run_id,
+        progress=progress_for(context),
+    )
+    for r in results:
+        context.add_asset_metadata(
+            {"dagster/row_count": r.grouped_rows, "selected_rows": r.selected, "groups": r.groups,
+             "mean_similarity": round(r.mean_similarity, 4) if r.mean_similarity is not None else None},
+            partition_key=r.cluster_key,
         )
-        for key in context.partition_keys
-    ]
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": sum(r.grouped_rows for r in results),
-            "groups": sum(r.groups for r in results),
-            "selected_rows": sum(r.selected for r in results),
+            "clusters_in_run": len(results),
+            "run_groups": sum(r.groups for r in results),
             "threshold": pipeline.similarity_threshold,
             "max_group_size": pipeline.max_group_size,
         }
