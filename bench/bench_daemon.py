@@ -26,11 +26,19 @@ from pathlib import Path
 import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from daemon_support import dagster_dev, instance_folder, runs_since, sensor_states, start_sensor, wait_until_current  # noqa: E402
+from daemon_support import (  # noqa: E402
+    instance_folder,
+    runs_since,
+    sensor_states,
+    serving_sensors,
+    start_sensor,
+    wait_until_current,
+)
 from llm_support import Reply, ScriptedServer, merge_json  # noqa: E402
+from support import dagster_dev, settled, write_jsonl  # noqa: E402
+
 from mergeit_core.settings import BUNDLED_SAMPLE  # noqa: E402
 from mergeit_core.store import connect  # noqa: E402
-from support import settled, write_jsonl  # noqa: E402
 
 LATE_RUNS_GRACE_S = 40  # one automation interval (30 s) and then some: runs launched after "current"
 
@@ -62,7 +70,8 @@ def main() -> None:
         "PYTHONPATH": str(repo), "MERGEIT_SOURCES": str(folder), "MERGEIT_DB": str(db),
         "MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_BASE_URL": scripted.base_url, "MERGEIT_LLM_MODEL": "scripted",
         "MERGEIT_LLM_STRUCTURED_OUTPUT": "json_schema", "OPENAI_API_KEY": "sk-local-not-a-secret",
-    }, work / "dev.log", cwd=repo) as port, dg.DagsterInstance.from_config(str(home)) as instance:
+    }, work / "dev.log", cwd=repo, timeout_s=240, ready=serving_sensors) as port, \
+            dg.DagsterInstance.from_config(str(home)) as instance:
         for name, status in sensor_states(port).items():
             if status != "RUNNING":
                 start_sensor(port, name)

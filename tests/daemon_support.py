@@ -4,18 +4,14 @@ materializations read from the instance's own storage, every process surely stop
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from support import REPO_ROOT, graphql
 
 from mergeit_core import stages
-from test_dagster_ui import REPO_ROOT, free_port, graphql, restore_default_signals, stop_everything_under
 
 UNFINISHED = [dg.DagsterRunStatus[name] for name in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")]
 SENSORS_QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
@@ -30,31 +26,7 @@ def instance_folder(home: Path) -> Path:
     return home
 
 
-@contextmanager
-def dagster_dev(
-    home: Path, env: Mapping[str, str], log_path: Path, *, cwd: Path = REPO_ROOT, ready_timeout_s: float = 240
-) -> Iterator[int]:
-    """Start `dagster dev` on 127.0.0.1 in its own session; yield its port once the code
-    location's sensors are served; stop the group and anything naming ``home`` on the way out."""
-    port = free_port()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd,
-            env={**os.environ, **env, "DAGSTER_HOME": str(home)},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=restore_default_signals,
-        )
-        try:
-            deadline = time.monotonic() + ready_timeout_s
-            while not _serving_sensors(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dagster dev did not come up:\n{log_path.read_text()[-3000:]}")
-                time.sleep(2)
-            yield port
-        finally:
-            stop_everything_under(process, home)
-
-
-def _serving_sensors(port: int) -> bool:
+def serving_sensors(port: int) -> bool:
     try:
         return bool(sensor_states(port))
     except OSError:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,32 +102,42 @@ def graphql(port: int, query: str, variables: Mapping[str, object] | None = None
         return json.loads(response.read())
 
 
-_ASSET_NODES = "{ assetNodes { assetKey { path } } }"
+def serves_the_asset_graph(port: int) -> bool:
+    return bool(graphql(port, "{ assetNodes { assetKey { path } } }").get("data", {}).get("assetNodes"))
 
 
 @contextmanager
-def dagster_dev(home: Path, env: Mapping[str, str], log_path: Path, *, timeout_s: float = 180) -> Iterator[int]:
+def dagster_dev(
+    home: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    timeout_s: float = 180,
+    ready: Callable[[int], bool] = serves_the_asset_graph,
+    cwd: Path = REPO_ROOT,
+) -> Iterator[int]:
     """`dagster dev` from the repository root on 127.0.0.1, in its own session with default
-    signal handlers; yields its port once the webserver answers with the asset graph, and stops
-    every process it started, whatever happens."""
+    signal handlers; yields its port once ``ready(port)`` (by default: the webserver answers with
+    the asset graph), and stops every process it started, whatever happens."""
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=REPO_ROOT,
+            ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd,
             env={**os.environ, **env, "DAGSTER_HOME": str(home)},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=restore_default_signals,
         )
         try:
-            deadline, answer = time.monotonic() + timeout_s, None
-            while time.monotonic() < deadline and process.poll() is None:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                assert process.poll() is None and time.monotonic() < deadline, (
+                    f"dagster dev did not come up:\n{log_path.read_text()[-3000:]}"
+                )
                 try:
-                    answer = graphql(port, _ASSET_NODES)
-                    if answer.get("data", {}).get("assetNodes"):
+                    if ready(port):
                         break
-                except OSError:
+                except (OSError, KeyError, TypeError):
                     pass
                 time.sleep(2)
-            assert answer and answer.get("data", {}).get("assetNodes"), log_path.read_text()[-3000:]
             yield port
         finally:
             stop_everything_under(process, home)

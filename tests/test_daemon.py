@@ -10,20 +10,20 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-
 from daemon_support import (
-    dagster_dev,
     instance_folder,
     launch_partition_run,
     runs_since,
     sensor_states,
+    serving_sensors,
     wait_until_current,
 )
 from llm_support import Reply, ScriptedServer, merge_json
+from support import bundled_rows, dagster_dev, settled, write_jsonl
+from test_dagster_graph import assert_lineage_invariants, scalar
+
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
 from mergeit_assets.sensors import STALE_CLUSTERS_TAG
-from support import bundled_rows, settled, write_jsonl
-from test_dagster_graph import assert_lineage_invariants, scalar
 
 # Short sensor intervals keep the test short; the defaults are 15 s and 30 s. A phase takes about
 # 3 minutes on 2 shared cores (each run is a fresh process importing torch and the models); the
@@ -51,7 +51,8 @@ def test_dropped_files_reach_the_dataset_in_one_run_per_stage(tmp_path: Path) ->
         "MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_BASE_URL": scripted.base_url, "MERGEIT_LLM_MODEL": "scripted",
         "MERGEIT_LLM_STRUCTURED_OUTPUT": "json_schema", "OPENAI_API_KEY": "sk-local-not-a-secret",
         "MERGEIT_SENSOR_INTERVAL_S": str(INTERVAL_S), "MERGEIT_AUTOMATION_INTERVAL_S": str(INTERVAL_S),
-    }, tmp_path / "dev.log") as port, dg.DagsterInstance.from_config(str(home)) as instance:
+    }, tmp_path / "dev.log", timeout_s=240, ready=serving_sensors) as port, \
+            dg.DagsterInstance.from_config(str(home)) as instance:
         # Nothing switched on by hand: the project's sensors, automation included, are running.
         assert sensor_states(port) == {
             "source_files_sensor": "RUNNING", "stale_clusters_sensor": "RUNNING", "automation_sensor": "RUNNING",

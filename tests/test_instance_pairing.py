@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from llm_support import ScriptedServer
-from support import bundled_rows, run_mergeit, write_jsonl
+from support import REPO_ROOT, bundled_rows, dagster_dev, graphql, run_mergeit, write_jsonl
 from test_cli_flags import scripted_answer
-from test_dagster_ui import REPO_ROOT, free_port, graphql, restore_default_signals, stop_everything_under
 
 from mergeit_assets.instance_home import PAIRING_FILE
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
@@ -76,38 +72,17 @@ def test_an_instance_serving_another_database_is_refused(two_databases: Path) ->
     assert instance_partitions(two_databases / "dagster_home") == cluster_keys(two_databases / "a.duckdb")
 
 
-def start_dagster_dev(home: Path, db: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MERGEIT_DB": str(db), "MERGEIT_SOURCES": str(db.parent / "a")}
-    process = subprocess.Popen(
-        ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=REPO_ROOT, env=env,
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=restore_default_signals,
-    )
-    return process, port
-
-
-def wait_for_workspace(port: int, process: subprocess.Popen, log: Path) -> dict:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            answer = graphql(port, PARTITIONS_QUERY)
-            entries = answer["data"]["workspaceOrError"]["locationEntries"]
-            if entries and entries[0]["locationOrLoadError"]:
-                return answer["data"]
-        except (OSError, KeyError, TypeError):
-            pass
-        time.sleep(2)
-    raise AssertionError(log.read_text()[-3000:])
+def workspace_loaded(port: int) -> bool:
+    entries = graphql(port, PARTITIONS_QUERY)["data"]["workspaceOrError"]["locationEntries"]
+    return bool(entries and entries[0]["locationOrLoadError"])
 
 
 @pytest.mark.parametrize("database", ["a", "b"])
 def test_dagster_dev_shows_the_partitions_of_the_file_it_reads(two_databases: Path, database: str) -> None:
-    home, db, log = two_databases / "dagster_home", two_databases / f"{database}.duckdb", two_databases / "dev.log"
-    process, port = start_dagster_dev(home, db, log)
-    try:
-        data = wait_for_workspace(port, process, log)
-    finally:
-        stop_everything_under(process, home)
+    home, db = two_databases / "dagster_home", two_databases / f"{database}.duckdb"
+    env = {"MERGEIT_DB": str(db), "MERGEIT_SOURCES": str(two_databases / "a")}
+    with dagster_dev(home, env, two_databases / "dev.log", ready=workspace_loaded) as port:
+        data = graphql(port, PARTITIONS_QUERY)["data"]
     location = data["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"]
     if database == "a":
         assert location["__typename"] == "RepositoryLocation"
