@@ -52,11 +52,13 @@ def test_a_slow_stage_still_shows_life() -> None:
 @pytest.mark.slow
 def test_mergeit_run_reports_every_stage_on_stderr(tmp_path: Path) -> None:
     sources = write_jsonl(tmp_path / "sources" / "part1.jsonl", bundled_rows()[:120])
-    env = {**os.environ, "MERGEIT_TEST_KEY": "local", "MERGEIT_LLM_API_KEY_ENV": "MERGEIT_TEST_KEY"}
     with ScriptedServer(lambda index, body: Reply(merge_json(f"Merged {index}"))) as server:
-        args = [sys.executable, "-m", "mergeit_assets.cli", "run", str(sources), "--db", str(tmp_path / "m.duckdb"),
-                "--dagster-home", str(tmp_path / "home"), "--llm", "openai", "--base-url", server.base_url,
-                "--model", "scripted", "--budget", "12", "--threshold", "0.35"]
+        # Settings from the environment: this test is about what the run shows, not about flags.
+        env = {**os.environ, "MERGEIT_SOURCES": str(sources), "MERGEIT_LLM_BACKEND": "openai",
+               "MERGEIT_LLM_BASE_URL": server.base_url, "MERGEIT_LLM_MODEL": "scripted", "MERGEIT_BUDGET": "12",
+               "MERGEIT_THRESHOLD": "0.35", "MERGEIT_TEST_KEY": "local", "MERGEIT_LLM_API_KEY_ENV": "MERGEIT_TEST_KEY"}
+        args = [sys.executable, "-m", "mergeit_assets.cli", "run", "--db", str(tmp_path / "m.duckdb"),
+                "--dagster-home", str(tmp_path / "home")]
         result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]
         quiet = subprocess.run([*args, "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
