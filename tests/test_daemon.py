@@ -74,8 +74,9 @@ def test_dropped_files_reach_the_dataset_in_one_run_per_stage(tmp_path: Path) ->
             assert refresh.tags["dagster/asset_partition_range_start"] and STALE_CLUSTERS_TAG in refresh.tags
             keys = set(instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME))
             assert len(keys) == scalar(db, "SELECT count(*) FROM clusters")
+            # (A re-clustering may retire a key; its old materializations stay in the history.)
             for asset in ("selected_subset", "merge_pairs", "merged_samples"):
-                assert instance.get_materialized_partitions(dg.AssetKey(asset)) == keys
+                assert keys <= instance.get_materialized_partitions(dg.AssetKey(asset))
 
             # Every row of the file is in the final dataset (clusters here are smaller than the
             # selection budget, so all are kept), and lineage is complete.
