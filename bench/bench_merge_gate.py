@@ -67,16 +67,25 @@ def load_cases(path: Path) -> list[Case]:
 
 
 class MemoEmbedder:
-    """embed_texts, each distinct text once."""
+    """embed_texts, each distinct text once, remembered in ``store`` (a .npz file) across runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Path | None) -> None:
+        self._store = store
         self._known: dict[str, np.ndarray] = {}
+        if store is not None and store.exists():
+            saved = np.load(store, allow_pickle=False)
+            self._known = dict(zip(saved["texts"].tolist(), saved["vectors"]))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self._known]
         if missing:
             self._known.update(zip(missing, embed_texts(missing)))
         return np.stack([self._known[t] for t in texts])
+
+    def save(self) -> None:
+        if self._store is not None:
+            texts = list(self._known)
+            np.savez(self._store, texts=np.array(texts), vectors=np.stack([self._known[t] for t in texts]))
 
 
 @dataclass(frozen=True)
@@ -150,10 +159,19 @@ def main() -> None:
     parser.add_argument("--cases", type=Path, default=CASES)
     parser.add_argument("--misses", action="store_true", help="list every misjudged case with its figures")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--embeddings", type=Path, help="a .npz file that keeps the MiniLM vectors between runs")
+    parser.add_argument("--figures", type=Path, help="write each case's label, verdict and figures here (JSONL)")
     args = parser.parse_args()
     cases = load_cases(args.cases)
-    embed = MemoEmbedder()
-    report(cases, judge(cases, GateThresholds(), embed), args.misses)
+    embed = MemoEmbedder(args.embeddings)
+    verdicts = judge(cases, GateThresholds(), embed)
+    embed.save()
+    if args.figures:
+        with args.figures.open("w", encoding="utf-8") as out:
+            for case, verdict in zip(cases, verdicts):
+                row = {"id": case.case_id, "label": case.label, "reason": verdict.reason, **verdict.figures}
+                out.write(json.dumps(row) + "\n")
+    report(cases, verdicts, args.misses)
     if not args.no_sweep:
         sweep(cases, embed)
 

@@ -100,7 +100,8 @@ class _Figures:
     output_coverage: list[float]
     instruction_lexical_coverage: list[float]  # per member, share of its distinctive words
     output_lexical_coverage: list[float]
-    copy_similarity: float  # highest similarity of the merged sample to one source
+    copy_similarity: float  # highest similarity to one source: of the whole samples, or of the
+    # instructions' words (1.0: a source's instruction repeated word for word)
     example_similarity: float  # highest similarity to a few-shot example of the prompt
     repetition: float  # highest share of repeated n-grams in a field; 1.0 for a repeated sentence
     answer_margin: float  # instruction's similarity to the outputs minus to the instructions
@@ -125,7 +126,10 @@ class _Figures:
             output_coverage=_relative_coverage(merged_output, outputs),
             instruction_lexical_coverage=_lexical_coverage(_task(merged), [_task(s) for s in sources]),
             output_lexical_coverage=_lexical_coverage(merged.output, [s.output for s in sources]),
-            copy_similarity=float(np.max(np.concatenate([wholes @ merged_whole, tasks @ merged_task]))),
+            copy_similarity=max(
+                float(np.max(wholes @ merged_whole)),
+                *(_word_overlap(merged.instruction, s.instruction) for s in sources),
+            ),
             example_similarity=float(np.max(example_vectors @ merged_whole)) if len(example_vectors) else 0.0,
             repetition=max(_repetition(merged.instruction), _repetition(merged.input), _repetition(merged.output)),
             answer_margin=float(np.mean(outputs @ merged_task) - np.mean(tasks @ merged_task)),
@@ -224,6 +228,12 @@ def _content_stems(text: str) -> set[str]:
     return {_stem(w) for w in _words(text) if w not in _STOPWORDS and len(w) > 1}
 
 
+def _word_overlap(a: str, b: str) -> float:
+    """Jaccard similarity of the two texts' word sets."""
+    words_a, words_b = set(_words(a)), set(_words(b))
+    return len(words_a & words_b) / len(words_a | words_b) if words_a | words_b else 1.0
+
+
 def _lexical_coverage(merged: str, members: Sequence[str]) -> list[float]:
     """Per member: the share of its distinctive content words (in no other member) that the
     merged text carries; 1.0 when it has none."""
@@ -314,12 +324,13 @@ def _repetition(text: str) -> float:
     return sum(n - 1 for n in counts.values()) / len(grams)
 
 
+# Template slots a model leaves unfilled: "[Insert a tip here]", "[Your Name]", "[Question 1]",
+# "<insert name>", "lorem ipsum", "[...]". Not "{name}": code uses braces.
 _PLACEHOLDER = re.compile(
-    r"\[(?:insert|your|add|enter|name|placeholder|todo|tbd)[^\]]*\]"
+    r"(?i:\[(?:insert|your|add|enter|name|placeholder|todo|tbd)[^\]]*\])"
+    r"|\[[A-Z][a-z]+(?: [A-Za-z]+)*(?: \d+)?\](?!\()"
     r"|<(?:insert|your|add|enter|placeholder)[^>]*>"
-    r"|\{\{?[a-z_ ]+\}?\}"
     r"|\blorem ipsum\b|\bTODO\b|\bTBD\b|\bXXX+\b|\[\.\.\.\]|\(\.\.\.\)",
-    re.IGNORECASE,
 )
 
 
