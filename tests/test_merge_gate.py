@@ -82,11 +82,11 @@ DEGENERATE = {
     "a task that serves one source only": (
         STUDY,
         Sample(
-            "Suggest a few practical habits that help a student stay focused during a long study session.",
+            "List a few practical habits that make it easier to concentrate on schoolwork.",
             "",
-            "1. Put your phone in another room so notifications cannot pull you away.\n"
-            "2. Work in 25-minute blocks with a five-minute break after each one.\n"
-            "3. Keep a glass of water and everything you need on the desk before you start.",
+            "1. Leave your phone in another room so that notifications cannot distract you.\n"
+            "2. Study in 25-minute blocks with a five-minute break after each block.\n"
+            "3. Set out everything you need on the desk before you begin.",
         ),
         INCOMPLETE_COVERAGE,
     ),
