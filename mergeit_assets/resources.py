@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, field_validator, model_validator
 
 from mergeit_core import settings
+from mergeit_core.merge.gate import GateThresholds
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.store import connect
 
@@ -67,6 +69,9 @@ class PipelineSettings(dg.ConfigurableResource):
         return cls(**_resolve(defaults, overrides))
 
 
+_GATE = GateThresholds()  # the defaults, chosen on bench/merge_eval/
+
+
 class LLMResource(dg.ConfigurableResource):
     """Which LLM merges the groups. The API key is read from the environment variable named by
     ``api_key_env`` when a request is made: it never appears in config, DuckDB or metadata."""
@@ -81,6 +86,29 @@ class LLMResource(dg.ConfigurableResource):
     request_timeout_s: float = Field(default=120.0, description="One HTTP request.")
     max_retries: int = Field(default=4, description="Retries of timeouts, 429 (honouring Retry-After) and 5xx.")
     quality_gate: bool = Field(default=False, description="Keep a merge only if an LLM judge scores it above its sources' mean.")
+    merge_gate: bool = Field(default=True, description="Keep a merge only if the model-free merge gate finds a real merge.")
+    gate_min_instruction_coverage: float = Field(
+        default=_GATE.min_instruction_coverage, description="Merge gate: least relative similarity of the instruction to each member's task."
+    )
+    gate_min_output_coverage: float = Field(
+        default=_GATE.min_output_coverage, description="Merge gate: least relative similarity of the output to each member's output."
+    )
+    gate_min_lexical_coverage: float = Field(
+        default=_GATE.min_lexical_coverage, description="Merge gate: share of a member's distinctive words that also covers it."
+    )
+    gate_max_copy_similarity: float = Field(
+        default=_GATE.max_copy_similarity, description="Merge gate: similarity to one source at which a merge is a copy."
+    )
+    gate_max_example_similarity: float = Field(
+        default=_GATE.max_example_similarity, description="Merge gate: similarity to a prompt example at which a merge is a copy."
+    )
+    gate_max_repetition: float = Field(default=_GATE.max_repetition, description="Merge gate: most repeated 4-grams in a field.")
+    gate_max_answer_margin: float = Field(
+        default=_GATE.max_answer_margin, description="Merge gate: how much closer to the outputs than to the tasks an instruction may be."
+    )
+    gate_min_output_ratio: float = Field(
+        default=_GATE.min_output_ratio, description="Merge gate: least output length over the longest source output's."
+    )
     structured_output: str | None = Field(
         default=None,
         description="json_schema (OpenAI, vLLM) or json_object_schema (llama.cpp servers); empty: the backend's default.",
@@ -117,8 +145,20 @@ class LLMResource(dg.ConfigurableResource):
             "vllm_enforce_eager": lambda: settings.env_optional_bool("MERGEIT_VLLM_ENFORCE_EAGER"),
             "vllm_dtype": lambda: settings.env_str("MERGEIT_VLLM_DTYPE", "auto"),
             "vllm_max_model_len": lambda: settings.env_int("MERGEIT_VLLM_MAX_MODEL_LEN", 4096),
+            "merge_gate": lambda: settings.env_optional_bool("MERGEIT_MERGE_GATE", True),
+            # MERGEIT_GATE_MIN_OUTPUT_RATIO etc., one per GateThresholds field.
+            **{
+                f"gate_{name}": partial(settings.env_float, f"MERGEIT_GATE_{name.upper()}", getattr(_GATE, name))
+                for name in GateThresholds.__dataclass_fields__
+            },
         }
         return cls(**_resolve(defaults, overrides))
+
+    def gate_thresholds(self) -> GateThresholds | None:
+        """The merge gate's thresholds, or None when the gate is off."""
+        if not self.merge_gate:
+            return None
+        return GateThresholds(**{name: getattr(self, f"gate_{name}") for name in GateThresholds.__dataclass_fields__})
 
     def to_config(self) -> LLMConfig:
         return LLMConfig(

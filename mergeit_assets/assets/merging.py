@@ -19,7 +19,10 @@ from mergeit_core import figures, merge_stage, plots, stages
     pool="llm",
     group_name="merging",
     kinds={"duckdb", "openai"},
-    description="One LLM-merged sample per merge group (status merged / failed / rejected_by_quality).",
+    description=(
+        "One LLM-merged sample per merge group (status merged / failed / rejected by the merge gate / "
+        "rejected_by_quality), with the merge gate's reason and figures."
+    ),
 )
 def merged_samples(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, llm: LLMResource
@@ -27,10 +30,11 @@ def merged_samples(
     config = llm.to_config()
     stats = merge_stage.merge_clusters(
         duckdb.database, context.partition_keys, config, quality_gate=llm.quality_gate,
-        run_id=context.run.run_id, progress=progress_for(context),
+        merge_gate=llm.gate_thresholds(), run_id=context.run.run_id, progress=progress_for(context),
     )
     context.log.info(
         f"{stats.groups} groups: {stats.merged} merged, {stats.failed} failed, "
+        f"{stats.rejected} rejected by the merge gate {stats.rejected_by_reason}, "
         f"{stats.rejected_by_quality} rejected by quality; {stats.requests} requests, {stats.cache_hits} cache hits"
     )
     keys = list(context.partition_keys)
@@ -64,6 +68,8 @@ def merged_samples(
             "run_groups": stats.groups,
             "run_merged": stats.merged,
             "run_failed": stats.failed,
+            "run_rejected_by_gate": stats.rejected,
+            "run_gate_reasons": dg.MetadataValue.json(dict(sorted(stats.rejected_by_reason.items()))),
             "run_rejected_by_quality": stats.rejected_by_quality,
             "run_cache_hits": stats.cache_hits,
             "run_groups_remerged": stats.groups - stats.cache_hits,

@@ -33,6 +33,7 @@ class Answer(Generic[T]):
     value: T | None  # None: no valid answer, see error
     error: str | None
     from_cache: bool
+    finish_reason: str | None = None  # the backend's, e.g. "length" when cut at the token cap
 
 
 class CachedAsker(Generic[T]):
@@ -74,7 +75,7 @@ class CachedAsker(Generic[T]):
                 return Answer(None, f"cached invalid answer: {error}", from_cache=True)
             if not cached.valid:  # it parses, yet was refused when it came: cut at max_tokens
                 return Answer(None, "cached invalid answer: cut at max_tokens", from_cache=True)
-            return Answer(value, None, from_cache=True)
+            return Answer(value, None, from_cache=True, finish_reason=cached.finish_reason)
         for _ in range(self._asks):
             usage.requests += 1
             response = await self._backend.chat(messages, self._schema)
@@ -85,7 +86,7 @@ class CachedAsker(Generic[T]):
                 last_error = error
                 continue
             await self._store(key, response, valid=True)
-            return Answer(value, None, from_cache=False)
+            return Answer(value, None, from_cache=False, finish_reason=response.finish_reason)
         # Cache the last invalid answer too, so a rerun does not pay for the same failure again.
         await self._store(key, response, valid=False)
         return Answer(None, f"invalid answer after {self._asks} asks: {last_error}", from_cache=False)
@@ -108,4 +109,6 @@ class CachedAsker(Generic[T]):
             response.content,
             response.prompt_tokens,
             response.completion_tokens,
+            response.finish_reason,
         )
+
