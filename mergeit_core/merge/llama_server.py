@@ -38,6 +38,27 @@ def _restore_default_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
+# llama.cpp moves weights into "extra" CPU buffer types (AMX tiles, repacked layouts) when the CPU
+# offers them. Seen with llama-cpp-python 0.3.36 built on a Xeon with AMX: decoding any batch of
+# more than a few tokens through the AMX buffers segfaults the server (SmolLM2 Q4_1 and Qwen2.5
+# Q4_K_M alike; a 10-token prompt is enough), while plain CPU buffers answer. The server has no
+# option for it, so the child turns them off before the server loads the model.
+_SERVER_WITH_PLAIN_CPU_BUFFERS = """
+import runpy
+import llama_cpp.llama_cpp as native
+
+_default_params = native.llama_model_default_params
+
+def _plain_cpu_buffers():
+    params = _default_params()
+    params.use_extra_bufts = False
+    return params
+
+native.llama_model_default_params = _plain_cpu_buffers
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
 class LlamaCppServer:
     """``python -m llama_cpp.server`` on a free 127.0.0.1 port, in its own process group.
 
@@ -53,6 +74,7 @@ class LlamaCppServer:
         threads: int | None = None,
         startup_timeout_s: float = 120.0,
         stop_timeout_s: float = 10.0,
+        cpu_extra_buffers: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.model_alias = self.model_path.name
@@ -64,6 +86,7 @@ class LlamaCppServer:
         self.threads = threads or min(max(_usable_cpus() - 1, 1), 8)
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.cpu_extra_buffers = cpu_extra_buffers
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -90,12 +113,8 @@ class LlamaCppServer:
             "--interrupt_requests": "False",
             "--verbose": "False",
         }
-        return [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            *(part for pair in options.items() for part in pair),
-        ]
+        launch = ["-m", "llama_cpp.server"] if self.cpu_extra_buffers else ["-c", _SERVER_WITH_PLAIN_CPU_BUFFERS]
+        return [sys.executable, *launch, *(part for pair in options.items() for part in pair)]
 
     def __enter__(self) -> Self:
         if not self.model_path.is_file():
