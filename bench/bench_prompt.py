@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -70,6 +71,8 @@ async def ask_all(backend: ChatBackend, groups: list[MergeGroup]) -> list[tuple[
             started = time.perf_counter()
             response = await backend.chat(build_merge_messages(group.members), MERGED_SAMPLE_SCHEMA)
             answers.append((response, time.perf_counter() - started))
+            print(f"{len(answers)}/{len(groups)} {answers[-1][1]:.1f}s {response.completion_tokens} tokens "
+                  f"{response.finish_reason}", file=sys.stderr, flush=True)
     finally:
         await backend.aclose()
     return answers

