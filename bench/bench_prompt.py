@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +41,20 @@ from mergeit_core.merge.prompt import (
     parse_merged_sample,
 )
 from mergeit_core.merge_stage import load_merge_groups
+from mergeit_core.records import Sample
 
 
 def pipeline_pairs(threshold: float) -> list[MergeGroup]:
-    """The merge groups `mergeit run` forms on the bundled sample at this similarity threshold."""
+    """The merge groups `mergeit run` forms on the bundled sample at this similarity threshold,
+    kept in the temp folder per sample content and threshold (forming them embeds 308 rows)."""
+    sample = settings.BUNDLED_SAMPLE.read_bytes()
+    key = hashlib.sha256(sample + str(threshold).encode()).hexdigest()[:16]
+    saved = Path(tempfile.gettempdir()) / f"mergeit-bench-pairs-{key}.json"
+    if saved.is_file():
+        return [
+            MergeGroup(group["group_id"], group["cluster_key"], tuple(Sample(**m) for m in group["members"]))
+            for group in json.loads(saved.read_text(encoding="utf-8"))
+        ]
     with tempfile.TemporaryDirectory(prefix="bench-prompt-") as workdir:
         db = Path(workdir) / "pairs.duckdb"
         stages.ingest(db, [settings.BUNDLED_SAMPLE])
@@ -50,7 +63,12 @@ def pipeline_pairs(threshold: float) -> list[MergeGroup]:
         for key in keys:
             stages.select_cluster(db, key)
             stages.pair_cluster(db, key, threshold=threshold)
-        return sorted(load_merge_groups(db, keys), key=lambda group: group.group_id)
+        groups = sorted(load_merge_groups(db, keys), key=lambda group: group.group_id)
+    saved.write_text(json.dumps([
+        {"group_id": g.group_id, "cluster_key": g.cluster_key, "members": [m.as_dict() for m in g.members]}
+        for g in groups
+    ]), encoding="utf-8")
+    return groups
 
 
 @dataclass
@@ -64,18 +82,23 @@ class Trial:
     figures: dict
 
 
-async def ask_all(backend: ChatBackend, groups: list[MergeGroup]) -> list[tuple[ChatResponse, float]]:
-    answers = []
+async def ask_all(
+    backend: ChatBackend, groups: list[MergeGroup], on_trial: Callable[[Trial], None]
+) -> list[Trial]:
+    """Ask for each group's merge in turn and judge it as it arrives (an interrupted run keeps
+    what it has)."""
+    trials = []
     try:
         for group in groups:
             started = time.perf_counter()
             response = await backend.chat(build_merge_messages(group.members), MERGED_SAMPLE_SCHEMA)
-            answers.append((response, time.perf_counter() - started))
-            print(f"{len(answers)}/{len(groups)} {answers[-1][1]:.1f}s {response.completion_tokens} tokens "
-                  f"{response.finish_reason}", file=sys.stderr, flush=True)
+            trials.append(judge(group, response, time.perf_counter() - started))
+            on_trial(trials[-1])
+            print(f"{len(trials)}/{len(groups)} {trials[-1].seconds:.1f}s {response.completion_tokens} tokens "
+                  f"{response.finish_reason}: {trials[-1].reason or 'kept'}", file=sys.stderr, flush=True)
     finally:
         await backend.aclose()
-    return answers
+    return trials
 
 
 def judge(group: MergeGroup, response: ChatResponse, seconds: float) -> Trial:
@@ -106,8 +129,9 @@ def record(trial: Trial, model: str, config: LLMConfig) -> dict:
     }
 
 
-def summary(trials: list[Trial], model: str, config: LLMConfig, wall_s: float) -> str:
+def summary(trials: list[Trial], model: str, config: LLMConfig) -> str:
     n = len(trials)
+    model_s = sum(trial.seconds for trial in trials)
     valid = sum(trial.error is None for trial in trials)
     kept = sum(trial.kept for trial in trials)
     reasons = Counter(trial.reason for trial in trials if not trial.kept)
@@ -117,7 +141,7 @@ def summary(trials: list[Trial], model: str, config: LLMConfig, wall_s: float) -
         f"{model} {PROMPT_VERSION} {json.dumps(config.sampling_params(), sort_keys=True)}: {n} pairs, "
         f"schema-valid {valid}/{n} ({valid / n:.0%}), kept by the gate {kept}/{n} ({kept / n:.0%}), "
         f"cut at the token cap {cut}, rejected {dict(reasons.most_common())}, "
-        f"{tokens / n:.0f} completion tokens/merge, {wall_s / n:.1f} s/merge ({wall_s:.0f} s)"
+        f"{tokens / n:.0f} completion tokens/merge, {model_s / n:.1f} s/merge ({model_s:.0f} s)"
     )
 
 
@@ -148,20 +172,23 @@ def main() -> None:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         repeat_penalty=args.repeat_penalty,
+        # One request at a time on a shared CPU can take minutes: a client timeout would only
+        # queue a retry behind the abandoned request, which the server keeps computing.
+        request_timeout_s=3600.0,
+        total_timeout_s=3600.0,
+        max_retries=0,
     )
-    with open_backend(config) as backend:
-        started = time.perf_counter()
-        answers = asyncio.run(ask_all(backend, groups))
-        wall_s = time.perf_counter() - started
+    with open_backend(config) as backend, (args.out or Path(os.devnull)).open("w", encoding="utf-8") as out:
+
+        def write(trial: Trial) -> None:
+            out.write(json.dumps(record(trial, backend.model, config), ensure_ascii=False) + "\n")
+            out.flush()
+
+        trials = asyncio.run(ask_all(backend, groups, write))
         model = backend.model
-    trials = [judge(group, response, seconds) for group, (response, seconds) in zip(groups, answers, strict=True)]
-    if args.out:
-        with args.out.open("w", encoding="utf-8") as out:
-            for trial in trials:
-                out.write(json.dumps(record(trial, model, config), ensure_ascii=False) + "\n")
     for trial in [trial for trial in trials if trial.kept][: args.show]:
         print(json.dumps(record(trial, model, config), ensure_ascii=False, indent=1))
-    print(summary(trials, model, config, wall_s))
+    print(summary(trials, model, config))
 
 
 if __name__ == "__main__":
