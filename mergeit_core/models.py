@@ -92,8 +92,9 @@ QWEN_05B = KnownModel(
     parts=_pandas_sns_parts(),
 )
 KNOWN_MODELS: dict[str, KnownModel] = {model.name: model for model in (SMOLLM2, QWEN_05B)}
-# The model an empty --model / MERGEIT_LLM_MODEL means for the embedded llama.cpp server.
+# The model the embedded llama.cpp server runs when none is named (chosen with bench/bench_prompt.py).
 DEFAULT_MODEL = SMOLLM2.name
+MODEL_ENV = "MERGEIT_LLM_MODEL"
 
 
 def models_dir() -> Path:
@@ -123,10 +124,13 @@ def known_model_path(model: KnownModel, folder: Path | None = None) -> Path:
 
 
 def gguf_for(model: str, *, fetch_missing: bool = True, progress: Progress = _to_stderr) -> Path:
-    """The GGUF file ``model`` names: a path to a .gguf, a known model's name, or empty for the default.
+    """The GGUF file ``model`` names: a path to a .gguf, a known model's name, or empty for the
+    default ($MERGEIT_LLM_MODEL, else DEFAULT_MODEL; read here too because resources built in
+    code, not from the environment, leave the model empty).
 
     A known model not yet in the models folder is fetched first (unless ``fetch_missing`` is off).
     """
+    model = model or os.environ.get(MODEL_ENV, "")
     if model and Path(model).is_file():
         return Path(model)
     name = model or DEFAULT_MODEL

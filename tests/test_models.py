@@ -105,16 +105,30 @@ def test_a_known_name_is_fetched_on_first_use_then_reused(tmp_path: Path, monkey
     assert models.gguf_for(model.name, progress=lambda _: None) == path
 
 
-def test_model_names_paths_and_the_default(tmp_path: Path) -> None:
+def test_model_names_and_paths(tmp_path: Path) -> None:
     gguf = tmp_path / "mine.gguf"
     gguf.write_bytes(b"GGUF")
     assert models.gguf_for(str(gguf)) == gguf
-    assert models.gguf_for("") == models.gguf_for(models.DEFAULT_MODEL, fetch_missing=False)
     assert models.gguf_for("smollm2") == models.default_gguf_path()
     with pytest.raises(FileNotFoundError, match="GGUF model not found"):
         models.gguf_for(str(tmp_path / "absent.gguf"))
     with pytest.raises(FileNotFoundError, match="unknown model 'gpt-9'.*qwen2.5-0.5b"):
         models.gguf_for("gpt-9")
+
+
+def test_an_empty_model_means_the_configured_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(models.MODELS_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(models.MODEL_ENV, raising=False)
+    default = models.KNOWN_MODELS[models.DEFAULT_MODEL]
+    expected = models.known_model_path(default)
+    if not default.bundled:
+        expected.write_bytes(b"GGUF")  # as if fetched
+    assert models.gguf_for("") == expected
+    mine = tmp_path / "mine.gguf"
+    mine.write_bytes(b"GGUF")
+    monkeypatch.setenv(models.MODEL_ENV, str(mine))  # resources built in code leave the model empty
+    assert models.gguf_for("") == mine
+    assert models.gguf_for("smollm2") == models.default_gguf_path()  # a named model wins
 
 
 def mergeit(*args: str, env_models: Path, cwd: Path) -> subprocess.CompletedProcess:
