@@ -47,6 +47,8 @@ def _resources(args: argparse.Namespace) -> dict[str, object]:
         "concurrency": args.concurrency,
         "quality_gate": args.quality_gate or None,
         "structured_output": args.structured_output,
+        "merge_gate": False if args.no_merge_gate else None,
+        **{f"gate_{name}": value for name, value in args.gate_thresholds},
     }
     return {
         "duckdb": MergeitDuckDB(database=str(Path(args.db).resolve())),
@@ -60,9 +62,28 @@ def _print_summary(db_path: str, seconds: float) -> None:
     print(
         f"rows read {s.rows_read} / accepted {s.accepted} / rejected {s.rejected} / duplicate {s.duplicate}; "
         f"clusters {s.clusters}; selected {s.selected}; merge groups {s.merge_groups}; "
-        f"merged {s.merged}; failed {s.failed}; rejected by quality {s.rejected_by_quality}; "
+        f"merged {s.merged}; failed {s.failed}; rejected by gate {s.rejected_by_gate}{_reasons(s.gate_reasons)}; "
+        f"rejected by quality {s.rejected_by_quality}; "
         f"final rows {s.final_rows}; {seconds:.1f}s; database {s.db_path}"
     )
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return f" ({', '.join(f'{reason} {n}' for reason, n in counts.items())})" if counts else ""
+
+
+def _gate_threshold(text: str) -> tuple[str, float]:
+    """NAME=VALUE for one GateThresholds field, e.g. min_output_ratio=0.4."""
+    from mergeit_core.merge.gate import GateThresholds
+
+    name, _, value = text.partition("=")
+    names = GateThresholds.__dataclass_fields__
+    if name not in names:
+        raise argparse.ArgumentTypeError(f"unknown gate threshold {name!r}; one of: {', '.join(names)}")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"gate threshold {name} needs a number, got {value!r}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -190,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", type=float, help="similarity a merge group must exceed (default 0.55)")
     run.add_argument("--max-group-size", type=int, help="largest merge group (default 2)")
     run.add_argument("--quality-gate", action="store_true", help="keep merges only if an LLM judge scores them above their sources")
+    run.add_argument("--no-merge-gate", action="store_true",
+                     help="keep every schema-valid merge: turn off the model-free merge gate (default on)")
+    run.add_argument("--gate-threshold", dest="gate_thresholds", type=_gate_threshold, action="append", default=[],
+                     metavar="NAME=VALUE", help="a merge gate threshold, e.g. min_output_ratio=0.4 (repeatable; "
+                     "env MERGEIT_GATE_<NAME>)")
     run.add_argument("--log-level", default="INFO", help="Dagster console log level (default INFO)")
     run.add_argument("--dagster-home", help="Dagster instance folder (default $DAGSTER_HOME or ./dagster_home)")
     run.set_defaults(handler=cmd_run)

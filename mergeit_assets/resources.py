@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mergeit_core import settings
+from mergeit_core.merge.gate import GateThresholds
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.store import connect
 
@@ -44,6 +45,9 @@ class PipelineSettings(dg.ConfigurableResource):
         )
 
 
+_GATE = GateThresholds()  # the defaults, chosen on bench/merge_eval/
+
+
 class LLMResource(dg.ConfigurableResource):
     """Which LLM merges the groups. The API key is read from the environment variable named by
     ``api_key_env`` when a request is made: it never appears in config, DuckDB or metadata."""
@@ -58,6 +62,29 @@ class LLMResource(dg.ConfigurableResource):
     request_timeout_s: float = Field(default=120.0, description="One HTTP request.")
     max_retries: int = Field(default=4, description="Retries of timeouts, 429 (honouring Retry-After) and 5xx.")
     quality_gate: bool = Field(default=False, description="Keep a merge only if an LLM judge scores it above its sources' mean.")
+    merge_gate: bool = Field(default=True, description="Keep a merge only if the model-free merge gate finds a real merge.")
+    gate_min_instruction_coverage: float = Field(
+        default=_GATE.min_instruction_coverage, description="Merge gate: least relative similarity of the instruction to each member's task."
+    )
+    gate_min_output_coverage: float = Field(
+        default=_GATE.min_output_coverage, description="Merge gate: least relative similarity of the output to each member's output."
+    )
+    gate_min_lexical_coverage: float = Field(
+        default=_GATE.min_lexical_coverage, description="Merge gate: share of a member's distinctive words that also covers it."
+    )
+    gate_max_copy_similarity: float = Field(
+        default=_GATE.max_copy_similarity, description="Merge gate: similarity to one source at which a merge is a copy."
+    )
+    gate_max_example_similarity: float = Field(
+        default=_GATE.max_example_similarity, description="Merge gate: similarity to a prompt example at which a merge is a copy."
+    )
+    gate_max_repetition: float = Field(default=_GATE.max_repetition, description="Merge gate: most repeated 4-grams in a field.")
+    gate_max_answer_margin: float = Field(
+        default=_GATE.max_answer_margin, description="Merge gate: how much closer to the outputs than to the tasks an instruction may be."
+    )
+    gate_min_output_ratio: float = Field(
+        default=_GATE.min_output_ratio, description="Merge gate: least output length over the longest source output's."
+    )
     structured_output: str | None = Field(
         default=None,
         description="json_schema (OpenAI, vLLM) or json_object_schema (llama.cpp servers); empty: the backend's default.",
@@ -73,7 +100,19 @@ class LLMResource(dg.ConfigurableResource):
             concurrency=settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
             quality_gate=settings.env_str("MERGEIT_QUALITY_GATE", "0") in ("1", "true", "yes"),
             structured_output=settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
+            merge_gate=settings.env_str("MERGEIT_MERGE_GATE", "1") in ("1", "true", "yes"),
+            # MERGEIT_GATE_MIN_OUTPUT_RATIO etc., one per GateThresholds field.
+            **{
+                f"gate_{name}": settings.env_float(f"MERGEIT_GATE_{name.upper()}", getattr(_GATE, name))
+                for name in GateThresholds.__dataclass_fields__
+            },
         )
+
+    def gate_thresholds(self) -> GateThresholds | None:
+        """The merge gate's thresholds, or None when the gate is off."""
+        if not self.merge_gate:
+            return None
+        return GateThresholds(**{name: getattr(self, f"gate_{name}") for name in GateThresholds.__dataclass_fields__})
 
     def to_config(self) -> LLMConfig:
         return LLMConfig(

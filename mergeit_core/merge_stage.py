@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
-from mergeit_core.merge.engine import MergeGroup, MergeReport, run_merges
+from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
+from mergeit_core.merge.gate import FIGURES, LIST_FIGURES, GateThresholds
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.merge.prompt import PROMPT_VERSION
 from mergeit_core.merge.quality import LLMJudgeScorer
@@ -27,7 +28,9 @@ class MergeStats:
     groups: int
     merged: int
     failed: int
+    rejected: int  # by the merge gate
     rejected_by_quality: int
+    rejected_by_reason: dict[str, int]
     cache_hits: int
     requests: int
     prompt_tokens: int
@@ -53,11 +56,14 @@ def merge_clusters(
     config: LLMConfig,
     *,
     quality_gate: bool = False,
+    merge_gate: GateThresholds | None = GateThresholds(),
     run_id: str | None = None,
 ) -> MergeStats:
     """Merge every group of the given clusters in one pool of concurrent requests, then replace
     each cluster's merged_samples rows. Answers are cached as they arrive, so a rerun after a
-    crash only asks for what is missing. With no group to merge, no LLM is started."""
+    crash only asks for what is missing, and the merge gate (``merge_gate=None``: off) judges
+    cached answers again, so new thresholds cost no request. With no group to merge, no LLM is
+    started."""
     groups = load_merge_groups(db_path, cluster_keys)
     report = MergeReport.of([], 0.0)
     model = backend_name = ""
@@ -65,7 +71,7 @@ def merge_clusters(
         cache = DuckDBResponseCache(db_path)
         with open_backend(config) as backend:
             scorer = LLMJudgeScorer(backend, cache) if quality_gate else None
-            report = run_merges(groups, backend, cache, config, scorer=scorer)
+            report = run_merges(groups, backend, cache, config, scorer=scorer, gate=merge_gate)
             model, backend_name = backend.model, backend.backend
     outcomes = {outcome.group_id: outcome for outcome in report.outcomes}
     rows = [(group, outcomes[group.group_id]) for group in groups]
@@ -88,6 +94,8 @@ def merge_clusters(
             "quality_score": pa.array([o.quality_score for _, o in rows], pa.float64()),
             "sources_mean_score": pa.array([o.sources_mean_score for _, o in rows], pa.float64()),
             "error": pa.array([o.error for _, o in rows], pa.string()),
+            "gate_reason": pa.array([o.gate.reason if o.gate else None for _, o in rows], pa.string()),
+            **_gate_figure_columns([o for _, o in rows]),
             "cache_key": [o.cache_key for _, o in rows],
             "run_id": pa.array([run_id] * len(rows), pa.string()),
             "partition_key": [g.cluster_key for g, _ in rows],
@@ -95,16 +103,28 @@ def merge_clusters(
         })
         for cluster_key in cluster_keys:
             record_partition_membership(conn, "merged_samples", cluster_key, run_id)
-    by_status = {status: sum(o.status == status for o in report.outcomes) for status in ("merged", "failed", "rejected_by_quality")}
     return MergeStats(
         clusters=len(cluster_keys),
         groups=len(groups),
-        merged=by_status["merged"],
-        failed=by_status["failed"],
-        rejected_by_quality=by_status["rejected_by_quality"],
+        merged=report.merged,
+        failed=report.failed,
+        rejected=report.rejected,
+        rejected_by_quality=report.rejected_by_quality,
+        rejected_by_reason=report.rejected_by_reason,
         cache_hits=report.cache_hits,
         requests=report.requests,
         prompt_tokens=report.prompt_tokens,
         completion_tokens=report.completion_tokens,
         seconds=report.wall_s,
     )
+
+
+def _gate_figure_columns(outcomes: Sequence[MergeOutcome]) -> dict[str, pa.Array]:
+    """One gate_<figure> column per figure the gate computed; NULL where no answer reached it."""
+    return {
+        f"gate_{name}": pa.array(
+            [o.gate.figures.get(name) if o.gate else None for o in outcomes],
+            pa.list_(pa.float64()) if name in LIST_FIGURES else pa.float64(),
+        )
+        for name in FIGURES
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -365,6 +365,8 @@ class RunSummary:
     merge_groups: int = 0
     merged: int = 0
     failed: int = 0
+    rejected_by_gate: int = 0
+    gate_reasons: dict[str, int] = field(default_factory=dict)  # reason -> merges it rejected
     rejected_by_quality: int = 0
     final_rows: int = 0
     db_path: str = ""
@@ -381,10 +383,15 @@ def summarize(db_path: str | Path) -> RunSummary:
             "(SELECT count(DISTINCT group_id) FROM merge_pairs), (SELECT count(*) FROM merged_dataset)"
         ).fetchall()[0]
         statuses = dict(conn.execute("SELECT status, count(*) FROM merged_samples GROUP BY status").fetchall())
+        gate_reasons = dict(conn.execute(
+            "SELECT gate_reason, count(*) FROM merged_samples WHERE status = 'rejected' "
+            "GROUP BY gate_reason ORDER BY count(*) DESC, gate_reason"
+        ).fetchall())
     return RunSummary(
         rows_read=int(files[0]), accepted=int(files[1]), rejected=int(files[2]), duplicate=int(files[3]),
         clusters=counts[0], selected=counts[1], merge_groups=counts[2],
         merged=statuses.get("merged", 0), failed=statuses.get("failed", 0),
+        rejected_by_gate=statuses.get("rejected", 0), gate_reasons=gate_reasons,
         rejected_by_quality=statuses.get("rejected_by_quality", 0),
         final_rows=counts[3], db_path=str(Path(db_path).resolve()),
     )

@@ -105,7 +105,7 @@ CREATE TABLE IF NOT EXISTS llm_cache (
 CREATE TABLE IF NOT EXISTS merged_samples (
     group_id        VARCHAR PRIMARY KEY,
     cluster_key     VARCHAR NOT NULL,
-    status          VARCHAR NOT NULL,    -- 'merged' | 'failed' | 'rejected_by_quality'
+    status          VARCHAR NOT NULL,    -- 'merged' | 'failed' | 'rejected' (merge gate) | 'rejected_by_quality'
     instruction     VARCHAR,
     input           VARCHAR,
     output          VARCHAR,
@@ -139,3 +139,17 @@ CREATE TABLE IF NOT EXISTS sample_sources (
     source_id    VARCHAR NOT NULL,
     PRIMARY KEY (sample_id, source_id)
 );
+ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS finish_reason VARCHAR;  -- 'stop', 'length', ...; NULL: unknown
+-- The merge gate's verdict on each answer (NULL where no answer reached it or the gate was off):
+-- status 'rejected' carries its reason; the figures are those bench/bench_merge_gate.py reports.
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_reason VARCHAR;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_instruction_coverage DOUBLE[];  -- per member
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_output_coverage DOUBLE[];
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_instruction_lexical_coverage DOUBLE[];
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_output_lexical_coverage DOUBLE[];
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_copy_similarity DOUBLE;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_example_similarity DOUBLE;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_repetition DOUBLE;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_answer_margin DOUBLE;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_output_ratio DOUBLE;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_instruction_is_task DOUBLE;  -- 1.0: the instruction asks

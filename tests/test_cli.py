@@ -11,13 +11,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from mergeit_core.merge.gate import REASONS
 from mergeit_core.store import connect
 
 pytestmark = pytest.mark.llm
 
 SUMMARY = re.compile(
     r"rows read (\d+) / accepted (\d+) / rejected (\d+) / duplicate (\d+); clusters (\d+); selected (\d+); "
-    r"merge groups (\d+); merged (\d+); failed (\d+); rejected by quality (\d+); final rows (\d+)"
+    r"merge groups (\d+); merged (\d+); failed (\d+); rejected by gate (\d+)(?: \(([^)]*)\))?; "
+    r"rejected by quality (\d+); final rows (\d+)"
 )
 
 
@@ -46,11 +48,17 @@ def test_run_on_the_bundled_sample_prints_the_summary(finished_run) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     match = SUMMARY.search(result.stdout)
     assert match, result.stdout
-    read, accepted, rejected, duplicate, clusters, selected, groups, merged, failed, by_quality, final = map(int, match.groups())
+    *counts, gate_reasons, by_quality, final = match.groups()
+    read, accepted, rejected, duplicate, clusters, selected, groups, merged, failed, by_gate = map(int, counts)
+    by_quality, final = int(by_quality), int(final)
     assert (read, accepted, rejected, duplicate) == (308, 308, 0, 0)
     assert clusters == 12  # int(sqrt(308 / 2))
     assert selected == 308  # every cluster is smaller than the budget of 75: kept whole
-    assert groups > 0 and merged + failed + by_quality == groups
+    assert groups > 0 and merged + failed + by_gate + by_quality == groups
+    # The merge gate is on by default and says why it rejected each merge.
+    if by_gate:
+        named = {reason: int(n) for reason, n in (part.rsplit(" ", 1) for part in gate_reasons.split(", "))}
+        assert sum(named.values()) == by_gate and set(named) <= set(REASONS)
     assert final == selected - merged
     db = workdir / "mergeit.duckdb"
     assert str(db) in result.stdout

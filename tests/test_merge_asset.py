@@ -73,7 +73,8 @@ def test_second_materialization_sends_zero_requests(
         with connect(db_path) as conn:
             assert conn.execute("SELECT group_id, status, instruction, output FROM merged_samples ORDER BY 1").fetchall() == first
         assert pipeline.materialize(pipeline.DOWNSTREAM, instance, {**resources, "llm": llm}).success
-    assert scalar(db_path, "SELECT count(*) FROM merged_samples WHERE status = 'merged'") > 0
+    # SmolLM2-135M's answers parse; the merge gate may keep or reject them (test_merge_gate_asset.py).
+    assert scalar(db_path, "SELECT count(*) FROM merged_samples WHERE status IN ('merged', 'rejected')") > 0
     assert_lineage_invariants(db_path)
 
 
@@ -90,7 +91,7 @@ WORKER = textwrap.dedent(
         "duckdb": MergeitDuckDB(database=db),
         "pipeline": PipelineSettings(sources=[sources], selection_budget=12, similarity_threshold=threshold),
         "llm": LLMResource(backend="openai", base_url=base_url, model="scripted", api_key_env="MERGEIT_TEST_KEY",
-                           concurrency=1),
+                           concurrency=1, merge_gate=False),
     }
     with dg.DagsterInstance.get() as instance:
         keys = instance.get_dynamic_partitions("clusters")
@@ -104,7 +105,8 @@ def test_interrupted_partition_rerun_sends_only_the_rest(
     source_dir: Path, db_path: Path, dagster_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MERGEIT_TEST_KEY", "local")
-    # Fault injection: a slow but valid server, and a worker killed halfway through.
+    # Fault injection: a slow but valid server, and a worker killed halfway through. Its answers are
+    # placeholders, so the merge gate is off: resumption is the subject here.
     with ScriptedServer(lambda index, body: Reply(merge_json(f"Merged {index}"), delay_s=0.25)) as server:
         with dg.DagsterInstance.get() as instance:
             resources = upstream_ready(instance, db_path, source_dir)
@@ -126,7 +128,7 @@ def test_interrupted_partition_rerun_sends_only_the_rest(
         sent_before = server.request_count
         with dg.DagsterInstance.get() as instance:
             llm = LLMResource(backend="openai", base_url=server.base_url, model="scripted",
-                              api_key_env="MERGEIT_TEST_KEY", concurrency=4)
+                              api_key_env="MERGEIT_TEST_KEY", concurrency=4, merge_gate=False)
             result = merge_all_partitions(instance, resources, llm)
         assert server.request_count - sent_before == groups - answered
     metadata = result.asset_materializations_for_node("merged_samples")[0].metadata

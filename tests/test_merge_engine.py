@@ -1,4 +1,7 @@
-"""The merge engine with in-process fake backends: quality gate, batching, response_cache keys."""
+"""The merge engine with in-process fake backends: quality gate, batching, response_cache keys.
+
+The fake answers are placeholders ("Merged attempt 1"), so the merge gate is off here (gate=None);
+test_merge_gate.py and test_merge_gate_asset.py test it."""
 
 from __future__ import annotations
 
@@ -71,7 +74,7 @@ def test_a_merge_that_beats_its_sources_is_kept(response_cache: DuckDBResponseCa
     backend = FakeBackend(rate_sources_5({1: 8}))
 
     report = run_merges(
-        groups(1), backend, response_cache, CONFIG, scorer=LLMJudgeScorer(backend, response_cache)
+        groups(1), backend, response_cache, CONFIG, scorer=LLMJudgeScorer(backend, response_cache), gate=None
     )
 
     outcome = report.outcomes[0]
@@ -90,6 +93,7 @@ def test_a_merge_is_retried_until_it_beats_its_sources(response_cache: DuckDBRes
         CONFIG,
         scorer=LLMJudgeScorer(backend, response_cache),
         quality_retries=3,
+        gate=None,
     )
 
     outcome = report.outcomes[0]
@@ -115,6 +119,7 @@ def test_a_merge_that_never_beats_its_sources_is_rejected_and_the_rerun_is_free(
         CONFIG,
         scorer=LLMJudgeScorer(backend, response_cache),
         quality_retries=2,
+        gate=None,
     )
 
     outcome = report.outcomes[0]
@@ -131,6 +136,7 @@ def test_a_merge_that_never_beats_its_sources_is_rejected_and_the_rerun_is_free(
         CONFIG,
         scorer=LLMJudgeScorer(backend, response_cache),
         quality_retries=2,
+        gate=None,
     )
 
     assert (backend.merge_calls, backend.score_calls) == calls
@@ -166,7 +172,7 @@ class RecordingBatchBackend(MicroBatchingBackend):
 def test_a_batch_backend_gets_every_pending_group_in_one_batch(response_cache: DuckDBResponseCache) -> None:
     backend = RecordingBatchBackend(invalid_first_for={"g2", "g5"})
 
-    report = run_merges(groups(8), backend, response_cache, CONFIG)  # concurrency 3 does not cap a batch
+    report = run_merges(groups(8), backend, response_cache, CONFIG, gate=None)  # concurrency 3 does not cap a batch
 
     assert report.merged == 8
     assert backend.batches == [8, 2]  # then the two re-asks, together
@@ -176,11 +182,11 @@ def test_outcomes_keep_input_order_and_duplicate_ids_are_refused(response_cache:
     backend = FakeBackend(rate_sources_5({}))
     batch = groups(4)[::-1]
 
-    report = run_merges(batch, backend, response_cache, CONFIG)
+    report = run_merges(batch, backend, response_cache, CONFIG, gate=None)
 
     assert [outcome.group_id for outcome in report.outcomes] == ["g3", "g2", "g1", "g0"]
     with pytest.raises(ValueError, match="duplicate group ids"):
-        run_merges(batch + batch[:1], backend, response_cache, CONFIG)
+        run_merges(batch + batch[:1], backend, response_cache, CONFIG, gate=None)
 
 
 def test_merge_cache_key_changes_with_everything_that_changes_the_answer() -> None:

@@ -138,10 +138,11 @@ def test_real_merges_come_back_schema_valid(tmp_path: Path) -> None:
         )
         base_url = backend.base_url
 
-    merged = [outcome for outcome in report.outcomes if outcome.status == "merged"]
-    # SmolLM2-135M can run out of tokens mid-string; the schema still holds for what parses.
-    assert len(merged) >= 2, [outcome.error for outcome in report.outcomes]
-    for outcome in merged:
+    # Kept or rejected by the merge gate, an answer that parsed is schema-valid (SmolLM2-135M can
+    # run out of tokens mid-string; the schema still holds for what parses).
+    parsed = [outcome for outcome in report.outcomes if outcome.status in ("merged", "rejected")]
+    assert len(parsed) >= 2, [outcome.error for outcome in report.outcomes]
+    for outcome in parsed:
         assert outcome.sample is not None and outcome.sample.instruction and outcome.sample.output
     assert report.completion_tokens > 0 and report.prompt_tokens > 0
     with pytest.raises(httpx.TransportError):

@@ -65,4 +65,5 @@ def test_run_merges_batches_the_partition(backend: VLLMOfflineBackend, tmp_path:
 
     report = run_merges(groups, backend, DuckDBResponseCache(tmp_path / "m.duckdb"), config)
 
-    assert report.merged >= 2, [outcome.error for outcome in report.outcomes]
+    # Schema-valid answers, whether the merge gate keeps them or not.
+    assert report.merged + report.rejected >= 2, [outcome.error for outcome in report.outcomes]

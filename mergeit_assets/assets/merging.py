@@ -18,17 +18,26 @@ from mergeit_core import merge_stage, stages
     pool="llm",
     group_name="merging",
     kinds={"duckdb", "openai"},
-    description="One LLM-merged sample per merge group (status merged / failed / rejected_by_quality).",
+    description=(
+        "One LLM-merged sample per merge group (status merged / failed / rejected by the merge gate / "
+        "rejected_by_quality), with the merge gate's reason and figures."
+    ),
 )
 def merged_samples(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, llm: LLMResource
 ) -> dg.MaterializeResult:
     config = llm.to_config()
     stats = merge_stage.merge_clusters(
-        duckdb.database, context.partition_keys, config, quality_gate=llm.quality_gate, run_id=context.run.run_id
+        duckdb.database,
+        context.partition_keys,
+        config,
+        quality_gate=llm.quality_gate,
+        merge_gate=llm.gate_thresholds(),
+        run_id=context.run.run_id,
     )
     context.log.info(
         f"{stats.groups} groups: {stats.merged} merged, {stats.failed} failed, "
+        f"{stats.rejected} rejected by the merge gate {stats.rejected_by_reason}, "
         f"{stats.rejected_by_quality} rejected by quality; {stats.requests} requests, {stats.cache_hits} cache hits"
     )
     keys = list(context.partition_keys)
@@ -38,6 +47,8 @@ def merged_samples(
             "groups": stats.groups,
             "merged": stats.merged,
             "failed": stats.failed,
+            "rejected_by_gate": stats.rejected,
+            "gate_reasons": dg.MetadataValue.json(dict(sorted(stats.rejected_by_reason.items()))),
             "rejected_by_quality": stats.rejected_by_quality,
             "cache_hits": stats.cache_hits,
             "groups_remerged": stats.groups - stats.cache_hits,
@@ -49,7 +60,7 @@ def merged_samples(
             "preview": dg.MetadataValue.md(
                 stages.preview(
                     duckdb.database,
-                    "SELECT group_id, status, instruction, error FROM merged_samples "
+                    "SELECT group_id, status, gate_reason, instruction, error FROM merged_samples "
                     "WHERE list_contains(?, cluster_key) ORDER BY group_id",
                     [keys],
                 )

@@ -33,6 +33,7 @@ class Answer(Generic[T]):
     value: T | None  # None: no valid answer, see error
     error: str | None
     from_cache: bool
+    finish_reason: str | None = None  # the backend's, e.g. "length" when cut at the token cap
 
 
 class CachedAsker(Generic[T]):
@@ -69,7 +70,9 @@ class CachedAsker(Generic[T]):
         """Raises LLMError when the backend gives no answer at all; nothing is cached then."""
         if cached is not None:
             try:
-                return Answer(self._parse(cached.response), None, from_cache=True)
+                return Answer(
+                    self._parse(cached.response), None, from_cache=True, finish_reason=cached.finish_reason
+                )
             except InvalidResponseError as error:
                 return Answer(None, f"cached invalid answer: {error}", from_cache=True)
         for _ in range(self._asks):
@@ -82,7 +85,7 @@ class CachedAsker(Generic[T]):
                 last_error = error
                 continue
             await self._store(key, response, valid=True)
-            return Answer(value, None, from_cache=False)
+            return Answer(value, None, from_cache=False, finish_reason=_finish_reason(response))
         # Cache the last invalid answer too, so a rerun does not pay for the same failure again.
         await self._store(key, response, valid=False)
         return Answer(None, f"invalid answer after {self._asks} asks: {last_error}", from_cache=False)
@@ -98,4 +101,10 @@ class CachedAsker(Generic[T]):
             response.content,
             response.prompt_tokens,
             response.completion_tokens,
+            _finish_reason(response),
         )
+
+
+def _finish_reason(response: ChatResponse) -> str | None:
+    # Not every backend's ChatResponse carries it yet; None means unknown, never "cut".
+    return getattr(response, "finish_reason", None)

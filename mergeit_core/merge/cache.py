@@ -25,6 +25,7 @@ class CachedResponse:
     valid: bool
     prompt_tokens: int | None
     completion_tokens: int | None
+    finish_reason: str | None = None  # "length": cut at the token cap; None in rows from before
 
 
 def merge_cache_key(
@@ -82,13 +83,13 @@ class DuckDBResponseCache:
             return {}
         with _CONNECTION_LOCK, connect(self.db_path) as conn:
             rows = conn.execute(
-                "SELECT cache_key, response, valid, prompt_tokens, completion_tokens "
+                "SELECT cache_key, response, valid, prompt_tokens, completion_tokens, finish_reason "
                 "FROM llm_cache WHERE cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
                 [wanted],
             ).fetchall()
         return {
-            key: CachedResponse(response, valid, prompt, completion)
-            for key, response, valid, prompt, completion in rows
+            key: CachedResponse(response, valid, prompt, completion, finish_reason)
+            for key, response, valid, prompt, completion, finish_reason in rows
         }
 
     def put(
@@ -101,11 +102,13 @@ class DuckDBResponseCache:
         response: str,
         prompt_tokens: int | None,
         completion_tokens: int | None,
+        finish_reason: str | None = None,
     ) -> None:
         with _CONNECTION_LOCK, connect(self.db_path) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, "
-                "response, prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "response, prompt_tokens, completion_tokens, finish_reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     key,
                     purpose,
@@ -115,6 +118,7 @@ class DuckDBResponseCache:
                     response,
                     prompt_tokens,
                     completion_tokens,
+                    finish_reason,
                     _utc_now(),
                 ],
             )

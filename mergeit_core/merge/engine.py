@@ -1,5 +1,6 @@
-"""Merge groups of similar samples with an LLM: cached, concurrent, re-asked when invalid and,
-with a scorer, kept only when the merge scores above its sources (MergeIT's quality check)."""
+"""Merge groups of similar samples with an LLM: cached, concurrent, re-asked when invalid, kept
+only when the model-free merge gate finds a real merge and, with a scorer, only when the merge
+scores above its sources (MergeIT's quality check)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Literal
 
 from mergeit_core.merge.asking import CachedAsker, Usage
 from mergeit_core.merge.cache import CachedResponse, DuckDBResponseCache, merge_cache_key
+from mergeit_core.merge.gate import Embedder, GateThresholds, GateVerdict, evaluate_merge
 from mergeit_core.merge.llm import BatchChatBackend, ChatBackend, LLMConfig, LLMError, Message
 from mergeit_core.merge.prompt import (
     MERGED_SAMPLE_SCHEMA,
@@ -24,7 +26,7 @@ from mergeit_core.merge.prompt import (
 from mergeit_core.merge.quality import Scorer
 from mergeit_core.records import Sample
 
-MergeStatus = Literal["merged", "failed", "rejected_by_quality"]
+MergeStatus = Literal["merged", "failed", "rejected", "rejected_by_quality"]  # rejected: by the gate
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class MergeOutcome:
     group_id: str
     cluster_key: str
     status: MergeStatus
-    sample: Sample | None  # rejected_by_quality: the best-scoring candidate, for inspection
+    sample: Sample | None  # rejected (by the gate) or rejected_by_quality: the candidate, for inspection
     error: str | None
     cache_key: str  # the merge attempt the outcome rests on
     cache_hit: bool  # no merge request was sent for this group in this run
@@ -52,6 +54,7 @@ class MergeOutcome:
     completion_tokens: int
     quality_score: float | None
     sources_mean_score: float | None
+    gate: GateVerdict | None  # None: the gate was off or no answer reached it
 
 
 @dataclass
@@ -64,7 +67,9 @@ class MergeReport:
     wall_s: float
     merged: int
     failed: int
+    rejected: int  # by the merge gate
     rejected_by_quality: int
+    rejected_by_reason: dict[str, int]  # the gate's reasons
 
     @classmethod
     def of(cls, outcomes: list[MergeOutcome], wall_s: float) -> MergeReport:
@@ -78,7 +83,11 @@ class MergeReport:
             wall_s=wall_s,
             merged=statuses["merged"],
             failed=statuses["failed"],
+            rejected=statuses["rejected"],
             rejected_by_quality=statuses["rejected_by_quality"],
+            rejected_by_reason=dict(
+                Counter(o.gate.reason for o in outcomes if o.status == "rejected" and o.gate and o.gate.reason)
+            ),
         )
 
 
@@ -89,11 +98,17 @@ def run_merges(
     config: LLMConfig,
     *,
     scorer: Scorer | None = None,
+    gate: GateThresholds | None = GateThresholds(),
+    embed: Embedder | None = None,
     invalid_retries: int = 2,
     quality_retries: int = 3,
     on_outcome: Callable[[MergeOutcome], None] | None = None,
 ) -> MergeReport:
     """Merge every group; blocking (runs its own event loop, so call it outside one).
+
+    Every answer, cached or new, passes the merge gate (``gate=None`` turns it off; ``embed``
+    defaults to the packaged MiniLM) before the scorer sees it; an answer the gate rejects is
+    final for its group: status ``rejected`` with the gate's reason and figures.
 
     Answers are cached as they arrive and ``on_outcome`` sees each group as it finishes, so an
     interrupted run loses only the requests in flight. An exception from ``on_outcome`` or a
@@ -105,7 +120,7 @@ def run_merges(
         raise ValueError(f"duplicate group ids: {duplicates[:5]}")
     if invalid_retries < 0 or quality_retries < 0:
         raise ValueError("invalid_retries and quality_retries must be >= 0")
-    run = _MergeRun(backend, cache, config, scorer, invalid_retries, quality_retries)
+    run = _MergeRun(backend, cache, config, scorer, gate, embed, invalid_retries, quality_retries)
     started = time.perf_counter()
     finished = asyncio.run(run.merge_all(groups, on_outcome))
     by_id = {outcome.group_id: outcome for outcome in finished}
@@ -119,12 +134,18 @@ class _MergeRun:
         cache: DuckDBResponseCache,
         config: LLMConfig,
         scorer: Scorer | None,
+        gate: GateThresholds | None,
+        embed: Embedder | None,
         invalid_retries: int,
         quality_retries: int,
     ) -> None:
         self.backend = backend
         self.config = config
         self.scorer = scorer
+        self.gate = gate
+        self.embed = embed
+        # One gate check at a time: the embedder is CPU-bound and uses every core already.
+        self.gate_lock = asyncio.Lock()
         self.attempts = quality_retries + 1 if scorer is not None else 1
         self.asker: CachedAsker[Sample] = CachedAsker(
             backend,
@@ -140,6 +161,19 @@ class _MergeRun:
         return merge_cache_key(
             self.backend.model, PROMPT_VERSION, self.config.sampling_params(), group.members, attempt=attempt
         )
+
+    async def check(self, group: MergeGroup, merged: Sample, finish_reason: str | None) -> GateVerdict | None:
+        if self.gate is None:
+            return None
+        async with self.gate_lock:
+            return await asyncio.to_thread(
+                evaluate_merge,
+                group.members,
+                merged,
+                finish_reason=finish_reason,
+                thresholds=self.gate,
+                embed=self.embed,
+            )
 
     async def merge_all(
         self, groups: list[MergeGroup], on_outcome: Callable[[MergeOutcome], None] | None
@@ -184,7 +218,7 @@ class _GroupMerge:
         self._usage = Usage()
 
     async def run(self) -> MergeOutcome:
-        best: tuple[float, Sample, str] | None = None
+        best: tuple[float, Sample, str, GateVerdict | None] | None = None
         sources_mean: float | None = None
         for attempt in range(self._run.attempts):
             key = self._run.cache_key(self._group, attempt)
@@ -196,9 +230,14 @@ class _GroupMerge:
                 return self._outcome("failed", key, error=f"{type(error).__name__}: {error}")
             if answer.value is None:
                 return self._outcome("failed", key, error=answer.error)
+            verdict = await self._run.check(self._group, answer.value, answer.finish_reason)
+            if verdict is not None and not verdict.kept:
+                return self._outcome(
+                    "rejected", key, sample=answer.value, gate=verdict, error=f"merge gate: {verdict.reason}"
+                )
             scorer = self._run.scorer
             if scorer is None:
-                return self._outcome("merged", key, sample=answer.value)
+                return self._outcome("merged", key, sample=answer.value, gate=verdict)
             try:
                 score = await scorer.score(answer.value)
                 if sources_mean is None:
@@ -209,18 +248,19 @@ class _GroupMerge:
                 return self._outcome("failed", key, error=f"quality scoring failed: {error}")
             if score > sources_mean:
                 return self._outcome(
-                    "merged", key, sample=answer.value, score=score, sources_mean=sources_mean
+                    "merged", key, sample=answer.value, score=score, sources_mean=sources_mean, gate=verdict
                 )
             if best is None or score > best[0]:
-                best = (score, answer.value, key)
+                best = (score, answer.value, key, verdict)
         assert best is not None  # the loop runs at least once and returns unless it sets best
-        score, sample, key = best
+        score, sample, key, verdict = best
         return self._outcome(
             "rejected_by_quality",
             key,
             sample=sample,
             score=score,
             sources_mean=sources_mean,
+            gate=verdict,
             error=f"no merge in {self._run.attempts} attempt(s) scored above the sources' mean",
         )
 
@@ -238,6 +278,7 @@ class _GroupMerge:
         error: str | None = None,
         score: float | None = None,
         sources_mean: float | None = None,
+        gate: GateVerdict | None = None,
     ) -> MergeOutcome:
         return MergeOutcome(
             group_id=self._group.group_id,
@@ -252,4 +293,5 @@ class _GroupMerge:
             completion_tokens=self._usage.completion_tokens,
             quality_score=score,
             sources_mean_score=sources_mean,
+            gate=gate,
         )

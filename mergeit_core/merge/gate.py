@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 
 import numpy as np
 
@@ -103,23 +104,22 @@ class _Figures:
     example_similarity: float  # highest similarity to a few-shot example of the prompt
     repetition: float  # highest share of repeated n-grams in a field; 1.0 for a repeated sentence
     answer_margin: float  # instruction's similarity to the outputs minus to the instructions
+    instruction_is_task: float  # 1.0 when the instruction asks (a question or an imperative), else 0.0
     output_ratio: float  # output words / the longest source output's words
 
     @classmethod
     def measure(cls, sources: Sequence[Sample], merged: Sample, embed: Embedder) -> _Figures:
-        examples = _few_shot_texts()
         k = len(sources)
         texts = (
             [_task(s) for s in sources]
             + [s.output for s in sources]
             + [_whole(s) for s in sources]
             + [_task(merged), merged.output, _whole(merged)]
-            + examples
         )
         vectors = np.asarray(embed(texts), dtype=np.float32)
         tasks, outputs, wholes = vectors[:k], vectors[k : 2 * k], vectors[2 * k : 3 * k]
-        merged_task, merged_output, merged_whole = vectors[3 * k : 3 * k + 3]
-        example_vectors = vectors[3 * k + 3 :]
+        merged_task, merged_output, merged_whole = vectors[3 * k :]
+        example_vectors = _few_shot_vectors(embed)
         return cls(
             instruction_coverage=_relative_coverage(merged_task, tasks),
             output_coverage=_relative_coverage(merged_output, outputs),
@@ -129,8 +129,13 @@ class _Figures:
             example_similarity=float(np.max(example_vectors @ merged_whole)) if len(example_vectors) else 0.0,
             repetition=max(_repetition(merged.instruction), _repetition(merged.input), _repetition(merged.output)),
             answer_margin=float(np.mean(outputs @ merged_task) - np.mean(tasks @ merged_task)),
+            instruction_is_task=float(is_task(merged.instruction)),
             output_ratio=len(_words(merged.output)) / max(max(len(_words(s.output)) for s in sources), 1),
         )
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
     def as_dict(self) -> dict[str, float | list[float]]:
         return {
@@ -152,7 +157,8 @@ def _first_failure(
         return COPY_OF_EXAMPLE
     if f.copy_similarity >= t.max_copy_similarity:
         return COPY_OF_SOURCE
-    if f.answer_margin > t.max_answer_margin:
+    asked = all(is_task(s.instruction) for s in sources)
+    if f.answer_margin > t.max_answer_margin or (asked and not f.instruction_is_task):
         return ANSWER_AS_INSTRUCTION
     if f.output_ratio < t.min_output_ratio:
         return OUTPUT_TOO_SHORT
@@ -173,11 +179,14 @@ def _whole(sample: Sample) -> str:
     return "\n".join(part for part in (sample.instruction, sample.input, sample.output) if part)
 
 
-def _few_shot_texts() -> list[str]:
+@lru_cache(maxsize=4)
+def _few_shot_vectors(embed: Embedder) -> np.ndarray:
+    """Every sample of the prompt's worked examples, sources and merges: a model that copies
+    one answers with the example instead of merging its own group."""
     from mergeit_core.merge.prompt import _FEW_SHOT
 
     samples = [s for example_sources, example_merge in _FEW_SHOT for s in (*example_sources, example_merge)]
-    return [_whole(s) for s in samples]
+    return np.asarray(embed([_whole(s) for s in samples]), dtype=np.float32)
 
 
 def _relative_coverage(merged: np.ndarray, members: np.ndarray) -> list[float]:
@@ -227,6 +236,65 @@ def _lexical_coverage(merged: str, members: Sequence[str]) -> list[float]:
     return shares
 
 
+# First words of a task: the imperative verbs, question words and addressees ("You are given",
+# "I need") that open the instructions of MergeIT-6k (all of its 323 distinct first words but
+# articles, nouns and misspellings), plus a few common verbs it happens to lack.
+_TASK_VERBS = frozenset(
+    "access add adapt aggregate align alter analyse analyze annotate answer apply arrange ask "
+    "assemble assess assign assist assume authenticate book brainstorm break build buy calculate "
+    "categorise categorize change characterize check choose circle cite clarify classify clean "
+    "collect combine come compare compile complete compose compute conceptualize conclude connect "
+    "construct consult contrast convert correct count craft create critique crop debate debug "
+    "decide deduce deduct deduplicate define delete demonstrate derive describe design detail "
+    "detect determine develop devise diagnose differentiate discuss distinguish divide document "
+    "draft draw edit elaborate elucidate encode enter enumerate estimate evaluate examine expand "
+    "explain explore express extend extract feed figure fill filter find finish fix follow form "
+    "format formulate gather generate get give grade greet guess guide help highlight hypothesize "
+    "identify illustrate imagine implement improve indicate infer input insert interpret introduce "
+    "invent investigate join justify label learn let link list localize locate look mail make "
+    "match mention merge modify multiply name narrate normalize note offer omit order organise "
+    "organize outline output paraphrase parse partition pen perform pick place plan pose predict "
+    "prepare present pretend process produce propose prove provide put rank rate read rearrange "
+    "recategorize recite recommend recount recreate redact reduce refactor refer reformat reframe "
+    "relabel remind remove rename render reorder reorganize rephrase replace reply report research "
+    "reshape resolve respond restate restore retrieve return reverse review revise rewrite reword "
+    "rotate save say scan score search select send set share show simplify sketch solve sort "
+    "speak specify spell split standardize state suggest summarise summarize supply suppose "
+    "suppress swap synthesize take tell think trace train transcribe transform translate "
+    "troubleshoot try tune turn update upload use utilize verify visit vote work wrap write"
+    " what how which who whom whose why where when can could is are does do did should would will "
+    "shall may you your i we let's believe personalize regulate level".split()
+)
+# Words that may come before the verb of a task ("Please briefly explain", "Then, list").
+_TASK_PREFIXES = frozenset(
+    "please now then first firstly second secondly finally also next and kindly re de auto".split()
+)
+# A leading phrase that a comma closes before the task verb ("Given the text, summarize it").
+_LEADING_PHRASE = frozenset(
+    "given using based in for with from as if when once after before by on at to considering "
+    "assuming according without utilizing following depending".split()
+)
+_CLAUSE = re.compile(r"[^.!?;:\n]+[.!?;:]?")
+
+
+def is_task(instruction: str) -> bool:
+    """True when the text asks for something: a question, or a sentence whose first word (after
+    "please", an adverb in -ly, or a leading phrase closed by a comma) is an imperative verb or a
+    question word. An answer written into the instruction field ("Businesses can use AI to ...")
+    is a statement."""
+    if "?" in instruction:
+        return True
+    for clause in _CLAUSE.findall(instruction):
+        words = _words(clause)
+        if words and words[0] in _LEADING_PHRASE and "," in clause:
+            words = _words(clause.split(",", 1)[1])
+        while words and (words[0] in _TASK_PREFIXES or (words[0].endswith("ly") and words[0] not in _TASK_VERBS)):
+            words = words[1:]
+        if words and words[0] in _TASK_VERBS:
+            return True
+    return False
+
+
 _SENTENCE = re.compile(r"[^.!?\n]+")
 _NGRAM = 4
 
@@ -257,3 +325,9 @@ _PLACEHOLDER = re.compile(
 
 def _placeholders(text: str) -> set[str]:
     return {m.group(0).lower() for m in _PLACEHOLDER.finditer(text)}
+
+
+# The figures each verdict carries (merged_samples stores them as gate_<name> columns); the
+# coverages are lists, one value per member in prompt order.
+FIGURES = _Figures.names()
+LIST_FIGURES = frozenset(name for name in FIGURES if name.endswith("coverage"))

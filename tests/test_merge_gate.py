@@ -1,0 +1,151 @@
+"""The merge gate on hand-made cases of each kind, with the real MiniLM: a genuine merge is kept,
+each degenerate one is rejected with the reason that names its defect."""
+
+from __future__ import annotations
+
+import pytest
+
+from mergeit_core.merge.gate import (
+    ANSWER_AS_INSTRUCTION,
+    COPY_OF_EXAMPLE,
+    COPY_OF_SOURCE,
+    FIGURES,
+    INCOMPLETE_COVERAGE,
+    LIST_FIGURES,
+    OUTPUT_TOO_SHORT,
+    PLACEHOLDER,
+    REPETITION,
+    TRUNCATED,
+    GateThresholds,
+    evaluate_merge,
+)
+from mergeit_core.merge.prompt import _FEW_SHOT
+from mergeit_core.records import Sample
+
+STUDY = (
+    Sample(
+        "Give two tips for staying focused while studying.",
+        "",
+        "1. Put your phone in another room so notifications cannot pull you away.\n"
+        "2. Work in 25-minute blocks with a five-minute break after each one.",
+    ),
+    Sample(
+        "Why is getting enough sleep important for students?",
+        "",
+        "During sleep the brain consolidates what was learned during the day, so well-rested students "
+        "remember more. Sleep also restores attention and mood, which makes it easier to concentrate in class.",
+    ),
+)
+STUDY_MERGED = Sample(
+    "Explain why getting enough sleep matters for students, then give two practical tips for staying "
+    "focused while studying.",
+    "",
+    "Why sleep matters: during sleep the brain consolidates what was learned during the day, so "
+    "well-rested students remember more of it. Sleep also restores attention and mood, which makes it "
+    "far easier to concentrate in class and while revising.\n"
+    "Two tips for staying focused:\n"
+    "1. Put your phone in another room so notifications cannot pull you away.\n"
+    "2. Work in 25-minute blocks with a five-minute break after each one, and stop before you are exhausted.",
+)
+
+TRANSLATE = (
+    Sample("Translate the sentence into French.", "The library opens at nine.", "La bibliothèque ouvre à neuf heures."),
+    Sample("Translate the sentence into Spanish.", "The museum is closed on Mondays.", "El museo está cerrado los lunes."),
+)
+TRANSLATE_MERGED = Sample(
+    "Translate the first sentence below into French and the second one into Spanish.",
+    "1. The library opens at nine.\n2. The museum is closed on Mondays.",
+    "1. French: La bibliothèque ouvre à neuf heures.\n2. Spanish: El museo está cerrado los lunes.",
+)
+
+
+@pytest.mark.parametrize("sources, merged", [(STUDY, STUDY_MERGED), (TRANSLATE, TRANSLATE_MERGED)])
+def test_genuine_merge_is_kept_with_its_figures(sources, merged) -> None:
+    verdict = evaluate_merge(sources, merged)
+    assert verdict.kept and verdict.reason is None, verdict.figures
+    assert set(verdict.figures) == set(FIGURES)
+    for name in LIST_FIGURES:
+        assert len(verdict.figures[name]) == len(sources)  # one coverage per member
+
+
+DEGENERATE = {
+    "answer written as the instruction": (
+        STUDY,
+        Sample(
+            "During sleep the brain consolidates what was learned, and putting your phone in another room "
+            "keeps notifications from pulling you away while studying.",
+            "",
+            STUDY_MERGED.output,
+        ),
+        ANSWER_AS_INSTRUCTION,
+    ),
+    "a task that serves one source only": (
+        STUDY,
+        Sample(
+            "Suggest a few practical habits that help a student stay focused during a long study session.",
+            "",
+            "1. Put your phone in another room so notifications cannot pull you away.\n"
+            "2. Work in 25-minute blocks with a five-minute break after each one.\n"
+            "3. Keep a glass of water and everything you need on the desk before you start.",
+        ),
+        INCOMPLETE_COVERAGE,
+    ),
+    "a copy of one source": (STUDY, STUDY[1], COPY_OF_SOURCE),
+    "a copy of a prompt example": (STUDY, _FEW_SHOT[1][1], COPY_OF_EXAMPLE),
+    "a sentence said twice": (
+        STUDY,
+        Sample(
+            STUDY_MERGED.instruction,
+            "",
+            "Sleep helps students remember what they learned and stay focused. Put your phone in another room. "
+            "Sleep helps students remember what they learned and stay focused. Put your phone in another room.",
+        ),
+        REPETITION,
+    ),
+    "a placeholder left in": (
+        STUDY,
+        Sample(STUDY_MERGED.instruction, "", STUDY_MERGED.output + "\n3. [Insert a third tip here]"),
+        PLACEHOLDER,
+    ),
+    "an output that answers nothing": (STUDY, Sample(STUDY_MERGED.instruction, "", "Sleep well and focus."), OUTPUT_TOO_SHORT),
+}
+
+
+@pytest.mark.parametrize("name", list(DEGENERATE))
+def test_degenerate_merge_is_rejected_with_its_reason(name: str) -> None:
+    sources, merged, reason = DEGENERATE[name]
+    verdict = evaluate_merge(sources, merged)
+    assert (verdict.kept, verdict.reason) == (False, reason), verdict.figures
+
+
+def test_an_answer_cut_at_the_token_cap_is_truncated() -> None:
+    assert evaluate_merge(STUDY, STUDY_MERGED, finish_reason="stop").kept
+    verdict = evaluate_merge(STUDY, STUDY_MERGED, finish_reason="length")
+    assert (verdict.kept, verdict.reason) == (False, TRUNCATED)
+
+
+def test_a_placeholder_the_sources_already_have_is_not_one_the_merge_invented() -> None:
+    letter = (
+        Sample("Write a one-line greeting for a thank-you letter.", "", "Dear [Name], thank you so much for the lovely gift."),
+        Sample("Write a closing line for a thank-you letter.", "", "With warm thanks and best wishes, [Your Name]"),
+    )
+    merged = Sample(
+        "Write the opening greeting and the closing line of a thank-you letter for a gift.",
+        "",
+        "Opening: Dear [Name], thank you so much for the lovely gift you sent me.\n"
+        "Closing: With warm thanks and best wishes, [Your Name]",
+    )
+    verdict = evaluate_merge(letter, merged)
+    assert verdict.reason != PLACEHOLDER, verdict
+
+
+def test_thresholds_move_the_line() -> None:
+    short = DEGENERATE["an output that answers nothing"][1]
+    assert evaluate_merge(STUDY, short).reason == OUTPUT_TOO_SHORT
+    lenient = GateThresholds(min_output_ratio=0.0, min_output_coverage=-1.0, min_lexical_coverage=0.0)
+    assert evaluate_merge(STUDY, short, thresholds=lenient).reason != OUTPUT_TOO_SHORT
+
+
+def test_a_merge_needs_two_sources() -> None:
+    with pytest.raises(ValueError, match="at least 2 sources"):
+        evaluate_merge(STUDY[:1], STUDY_MERGED)
