@@ -46,7 +46,9 @@ class LLMConfig:
     # The NAME of the variable holding the key; the key is read when a client is built.
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.25
-    max_tokens: int = 768
+    # bench/bench_prompt.py: the longest merge of the bundled sample's pairs took 293 tokens
+    # (Qwen 0.5B); a lower cap stops a repetition loop early.
+    max_tokens: int = 512
     # llama.cpp's repetition penalty (1.0: none; None: the server's default). Only the embedded
     # llama.cpp server is sent it, and only its cache keys include it.
     repeat_penalty: float | None = None
