@@ -53,7 +53,7 @@ class LLMResource(dg.ConfigurableResource):
     ``api_key_env`` when a request is made: it never appears in config, DuckDB or metadata."""
 
     backend: str = Field(default="llama_cpp", description="llama_cpp (embedded), openai (any compatible URL) or vllm (offline).")
-    model: str = Field(default="", description="Model name; for llama_cpp a GGUF path or smollm2 / qwen2.5-0.5b, empty for the default (smollm2).")
+    model: str = Field(default="", description="Model name; for llama_cpp a GGUF path or smollm2 / qwen2.5-0.5b, empty for the default (qwen2.5-0.5b).")
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint for backend=openai.")
     api_key_env: str = Field(default="OPENAI_API_KEY")
     temperature: float = Field(default=0.25)
