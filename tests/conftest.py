@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from llm_support import llama_server  # noqa: F401  (one real llama.cpp server per test session)
 from support import bundled_rows, write_jsonl
+
+# The default model (Qwen2.5-0.5B) is fetched on first use and merges 2-3x slower than the bundled
+# SmolLM2. Tests that name no model check the machinery, not merge quality: they run SmolLM2,
+# in this process and in every `mergeit` subprocess they start.
+os.environ.setdefault("MERGEIT_LLM_MODEL", "smollm2")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
 from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
 from mergeit_core.merge.llm import LLMConfig, LLMConfigurationError
+from mergeit_core.merge.openai_backend import OpenAICompatibleBackend
 from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA
 
 KEY_ENV = "MERGEIT_TEST_LLM_KEY"
@@ -107,6 +108,28 @@ def test_llama_cpp_form_sends_the_schema_inside_json_object(
         "type": "json_object",
         "schema": MERGED_SAMPLE_SCHEMA,
     }
+
+
+def test_repeat_penalty_goes_only_to_the_llama_cpp_server(server: ScriptedServer) -> None:
+    async def ask(config: LLMConfig, backend_name: str) -> None:
+        backend = OpenAICompatibleBackend(
+            config, base_url=server.base_url, model="scripted-model",
+            structured_output=config.structured_output_form, api_key_env=KEY_ENV, backend=backend_name,
+        )
+        try:
+            await backend.chat([{"role": "user", "content": "merge"}], MERGED_SAMPLE_SCHEMA)
+        finally:
+            await backend.aclose()
+
+    llama = replace(config_for(server), backend="llama_cpp", repeat_penalty=1.15)
+    asyncio.run(ask(llama, "llama_cpp"))
+    asyncio.run(ask(replace(config_for(server), repeat_penalty=1.15), "openai"))
+
+    assert server.requests[0].body["repeat_penalty"] == 1.15
+    assert "repeat_penalty" not in server.requests[1].body  # OpenAI and vLLM servers do not know it
+    # It shapes llama.cpp's answers, so it is part of their cache key and provenance only.
+    assert llama.sampling_params()["repeat_penalty"] == 1.15
+    assert "repeat_penalty" not in replace(config_for(server), repeat_penalty=1.15).sampling_params()
 
 
 def test_api_key_is_sent_but_never_stored_or_shown(

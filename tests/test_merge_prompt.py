@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from mergeit_core.merge.prompt import (
+    _FEW_SHOT,
     MERGED_SAMPLE_SCHEMA,
     SCORE_SCHEMA,
     InvalidMergeError,
@@ -24,17 +26,10 @@ SOURCES = (
 )
 
 
-def test_merge_messages_are_system_two_examples_then_the_sources() -> None:
+def test_merge_messages_are_system_the_examples_then_the_sources() -> None:
     messages = build_merge_messages(SOURCES)
 
-    assert [message["role"] for message in messages] == [
-        "system",
-        "user",
-        "assistant",
-        "user",
-        "assistant",
-        "user",
-    ]
+    assert [message["role"] for message in messages] == ["system"] + ["user", "assistant"] * len(_FEW_SHOT) + ["user"]
     final = messages[-1]["content"]
     for source in SOURCES:
         for value in (source.instruction, source.output):
@@ -45,13 +40,34 @@ def test_merge_messages_are_system_two_examples_then_the_sources() -> None:
 
 def test_the_worked_examples_are_valid_merges_of_their_sources() -> None:
     messages = build_merge_messages(SOURCES)
+    examples = list(zip(messages[1:-1:2], messages[2:-1:2], strict=True))
 
-    for user, assistant in ((messages[1], messages[2]), (messages[3], messages[4])):
-        example_sources = json.loads(user["content"].split("\n", 1)[1])
+    for user, assistant in examples:
+        shown_sources = json.loads(user["content"].split("\n", 1)[1].rsplit("\n", 1)[0])
         merged = parse_merged_sample(assistant["content"])
-        assert len(example_sources) >= 2
-        assert len(merged.output) > max(len(source["output"]) for source in example_sources)
-    assert parse_merged_sample(messages[4]["content"]).input == ""  # one example shows an empty input
+        assert len(shown_sources) >= 2
+        assert len(merged.output) > max(len(source["output"]) for source in shown_sources)
+    merges = [parse_merged_sample(assistant["content"]) for _, assistant in examples]
+    assert any(merge.input for merge in merges) and any(not merge.input for merge in merges)
+    assert any(len(json.loads(user["content"].split("\n", 1)[1].rsplit("\n", 1)[0])) > 2 for user, _ in examples)
+
+
+def test_the_worked_examples_share_no_phrase_a_model_could_copy() -> None:
+    # A phrase common to two examples' instructions is the one a small model learns to repeat.
+    def phrases(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        return {tuple(words[i : i + 4]) for i in range(len(words) - 3)}
+
+    instructions = [phrases(merge.instruction) for _, merge in _FEW_SHOT]
+    for i, own in enumerate(instructions):
+        for other in instructions[i + 1 :]:
+            assert not own & other
+
+
+def test_the_request_restates_that_every_task_is_asked_for() -> None:
+    assert build_merge_messages(SOURCES)[-1]["content"].endswith("asks for both tasks, and its complete answer.")
+    three = (*SOURCES, Sample("Name a secondary colour.", "", "Purple."))
+    assert "asks for all 3 tasks" in build_merge_messages(three)[-1]["content"]
 
 
 def test_a_merge_needs_two_sources() -> None:

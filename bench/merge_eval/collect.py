@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mergeit_core.embed import embed_texts
-from mergeit_core.merge.clients import default_gguf_path
+from mergeit_core.merge.llama_server import default_gguf_path
 from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA, PROMPT_VERSION, build_merge_messages
 from mergeit_core.records import Sample
 from mergeit_core.settings import BUNDLED_SAMPLE

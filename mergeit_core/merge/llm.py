@@ -50,7 +50,12 @@ class LLMConfig:
     # The NAME of the variable holding the key; the key is read when a client is built.
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.25
-    max_tokens: int = 768
+    # bench/bench_prompt.py: the longest merge of the bundled sample's pairs took 293 tokens
+    # (Qwen 0.5B); a lower cap stops a repetition loop early.
+    max_tokens: int = 512
+    # llama.cpp's repetition penalty (1.0: none; None: the server's default). Only the embedded
+    # llama.cpp server is sent it, and only its cache keys include it.
+    repeat_penalty: float | None = None
     concurrency: int = 8
     request_timeout_s: float = 120.0
     max_retries: int = 4
@@ -95,6 +100,8 @@ class LLMConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise SettingError(f"{name} must be positive, got {value}")
+        if self.repeat_penalty is not None and self.repeat_penalty <= 0:
+            raise SettingError(f"repeat_penalty must be positive, got {self.repeat_penalty}")
         if self.max_retries < 0:
             raise SettingError(f"max_retries must be >= 0, got {self.max_retries}")
 
@@ -104,7 +111,15 @@ class LLMConfig:
 
     def sampling_params(self) -> dict[str, float | int]:
         """What shapes an answer besides model and prompt: part of cache keys and provenance."""
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        params: dict[str, float | int] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        params.update(self.backend_sampling_extras())
+        return params
+
+    def backend_sampling_extras(self) -> dict[str, float]:
+        """Sampling fields only this backend understands, sent outside the OpenAI request schema."""
+        if self.backend == "llama_cpp" and self.repeat_penalty is not None:
+            return {"repeat_penalty": self.repeat_penalty}
+        return {}
 
 
 @dataclass(frozen=True)

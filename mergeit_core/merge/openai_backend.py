@@ -102,6 +102,7 @@ class OpenAICompatibleBackend:
             # max_tokens, not max_completion_tokens: llama-cpp-python ignores the latter.
             max_tokens=self._config.max_tokens,
             response_format=response_format(self._structured_output, schema),
+            extra_body=self._config.backend_sampling_extras() or None,
         )
         try:
             completion = await asyncio.wait_for(request, timeout=self._config.total_timeout_s)

@@ -12,7 +12,7 @@ from typing import Any
 
 from mergeit_core.records import FIELDS, Sample
 
-PROMPT_VERSION = "merge-v1"
+PROMPT_VERSION = "merge-v2"
 SCORE_PROMPT_VERSION = "score-v1"
 
 MERGED_SAMPLE_SCHEMA: dict[str, Any] = {
@@ -44,16 +44,22 @@ class InvalidScoreError(InvalidResponseError):
 
 
 MERGE_SYSTEM_PROMPT = """\
-You merge instruction-tuning samples. You receive two or more samples on closely related topics, \
-each with an instruction, an optional input and an output. Write ONE new, richer sample:
-- instruction: a single coherent task that asks for everything the source instructions ask for;
-- input: the material the new task needs (texts, lists, numbers), or an empty string if none;
-- output: a complete, correct answer to every part of the new instruction. Reuse correct content \
-from the source outputs, fix anything wrong in them and leave nothing out.
-The new sample must stand on its own: never mention samples, sources or merging.
+You merge instruction-tuning samples on related topics. Given two or more samples, each with an \
+instruction, an optional input and an output, write ONE new sample that does the work of all of them:
+- "instruction": a request to an assistant (an imperative or a question), never its answer. It asks \
+for the task of EVERY given sample, with their details (names, numbers, words, formats), as one \
+coherent task.
+- "input": the material the new task works on (every given input it needs, labelled when there are \
+several), or an empty string.
+- "output": a complete, correct answer to every part of the new instruction, in order, reusing the \
+correct content of the given outputs. It is longer than each given output.
+Do not answer only one sample's task, do not copy a sample, do not repeat a sentence, and never \
+mention samples, sources or merging.
 Reply with a JSON object with exactly the string fields "instruction", "input" and "output"."""
 
-# Two worked merges: one with inputs to combine, one of three input-less questions.
+# Worked merges, varied on purpose (inputs to combine, a three-way merge, code, arithmetic,
+# writing) so a small model learns the move, not a phrase to copy. None resembles a task of the
+# bundled sample: the merge gate rejects answers that copy an example.
 _FEW_SHOT: tuple[tuple[tuple[Sample, ...], Sample], ...] = (
     (
         (
@@ -81,16 +87,28 @@ _FEW_SHOT: tuple[tuple[tuple[Sample, ...], Sample], ...] = (
     ),
     (
         (
+            Sample("Write a Python function that reverses a string.", "", "def reverse(text):\n    return text[::-1]"),
             Sample(
-                "Give two tips for saving water at home.",
+                "What is a palindrome?",
                 "",
-                "1. Take shorter showers. 2. Fix dripping taps.",
+                "A palindrome is a word or phrase that reads the same backwards as forwards, such as \"level\".",
             ),
-            Sample(
-                "Why is it important to conserve water?",
-                "",
-                "Fresh water is limited, and treating and pumping it uses energy.",
-            ),
+        ),
+        Sample(
+            "Explain what a palindrome is, then write a Python function that reverses a string and "
+            "use it to test whether a word is a palindrome.",
+            "",
+            "A palindrome reads the same backwards as forwards, for example \"level\" or \"noon\".\n\n"
+            "def reverse(text):\n    return text[::-1]\n\n"
+            "def is_palindrome(word):\n    word = word.lower()\n    return word == reverse(word)\n\n"
+            "is_palindrome(\"Level\") returns True because \"level\" reversed is still \"level\"; "
+            "is_palindrome(\"python\") returns False.",
+        ),
+    ),
+    (
+        (
+            Sample("Give two tips for saving water at home.", "", "1. Take shorter showers. 2. Fix dripping taps."),
+            Sample("Why is it important to conserve water?", "", "Fresh water is limited, and treating and pumping it uses energy."),
             Sample(
                 "Suggest one way to reuse household water.",
                 "",
@@ -101,23 +119,56 @@ _FEW_SHOT: tuple[tuple[tuple[Sample, ...], Sample], ...] = (
             "Explain why conserving water matters, then give three practical ways to save or "
             "reuse water at home.",
             "",
-            "Why it matters: only a small share of the world's water is fresh and usable, demand "
-            "keeps growing, and cleaning and pumping water costs energy, so every litre saved "
-            "also saves power and protects rivers and groundwater.\n"
+            "Why it matters: only a small share of the world's water is fresh and usable, and "
+            "cleaning and pumping it costs energy, so every litre saved also saves power.\n"
             "Ways to save and reuse water:\n"
-            "1. Take shorter showers; cutting two minutes saves around 20 litres each time.\n"
+            "1. Take shorter showers.\n"
             "2. Fix dripping taps promptly: one drip per second wastes thousands of litres a year.\n"
-            "3. Catch the cold water that runs before the shower warms up and use it to water "
-            "plants.",
+            "3. Catch the cold water that runs before the shower warms up and use it to water plants.",
+        ),
+    ),
+    (
+        (
+            Sample("Convert 5 kilometres to miles.", "", "5 kilometres is about 3.11 miles."),
+            Sample("How many metres are in 3.2 kilometres?", "", "There are 3,200 metres in 3.2 kilometres."),
+        ),
+        Sample(
+            "Convert 5 kilometres to miles and 3.2 kilometres to metres, showing each calculation.",
+            "",
+            "5 km to miles: 1 km is about 0.6214 miles, so 5 x 0.6214 = 3.11 miles.\n"
+            "3.2 km to metres: 1 km is 1,000 metres, so 3.2 x 1,000 = 3,200 metres.",
+        ),
+    ),
+    (
+        (
+            Sample("Write a one-sentence slogan for a bakery.", "", "Fresh from our oven to your table every morning."),
+            Sample(
+                "Describe the smell of fresh bread in two sentences.",
+                "",
+                "Fresh bread smells warm and slightly sweet. The toasted crust adds a nutty note.",
+            ),
+        ),
+        Sample(
+            "Write a short advertisement for a bakery: a one-sentence slogan followed by two "
+            "sentences describing the smell of its fresh bread.",
+            "",
+            "Slogan: Fresh from our oven to your table every morning.\n"
+            "Step inside and you are met by the warm, slightly sweet smell of bread just out of the "
+            "oven. Its toasted crust adds a nutty note that makes every loaf hard to resist.",
         ),
     ),
 )
 
 
 def _render_sources(sources: Sequence[Sample]) -> str:
-    # JSON keeps multi-line fields unambiguous, and it is the shape the model must answer in.
+    # JSON keeps multi-line fields unambiguous, and it is the shape the model must answer in. The
+    # closing line restates the rule small models break most: serving only one sample.
     body = json.dumps([source.as_dict() for source in sources], ensure_ascii=False, indent=2)
-    return f"Merge these {len(sources)} samples into one:\n{body}"
+    every = "both" if len(sources) == 2 else f"all {len(sources)}"
+    return (
+        f"Merge these {len(sources)} samples into one:\n{body}\n"
+        f"Write one instruction that asks for {every} tasks, and its complete answer."
+    )
 
 
 def _render_answer(sample: Sample) -> str:
