@@ -53,7 +53,6 @@ class LocalModelServer(ABC):
         self.model_alias = model_alias
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self.cpu_extra_buffers = cpu_extra_buffers
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
