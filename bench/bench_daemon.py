@@ -34,7 +34,7 @@ from daemon_support import (  # noqa: E402
     start_sensor,
     wait_until_current,
 )
-from llm_support import Reply, ScriptedServer, merge_json  # noqa: E402
+from llm_support import ScriptedServer, concatenated_merge  # noqa: E402
 from support import dagster_dev, settled, write_jsonl  # noqa: E402
 
 from mergeit_core.settings import BUNDLED_SAMPLE  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
     home, folder, db = instance_folder(work / "dagster_home"), work / "watched", work / "mergeit.duckdb"
     folder.mkdir()
     repo = Path(args.repo).resolve()
-    scripted = ScriptedServer(lambda index, body: Reply(merge_json(f"Merged task {index}", "", f"Merged answer {index}")))
+    scripted = ScriptedServer(concatenated_merge)  # merges the gate keeps
     print(f"repo {repo}; source {args.source} ({len(rows)} rows); work dir {work}")
     with scripted, dagster_dev(home, {
         "PYTHONPATH": str(repo), "MERGEIT_SOURCES": str(folder), "MERGEIT_DB": str(db),

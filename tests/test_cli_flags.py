@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_support import Reply, ScriptedServer, merge_json
+from llm_support import Reply, ScriptedServer, concatenated_merge
 from support import bundled_rows, run_mergeit, write_jsonl
 
 from mergeit_core.settings import BUNDLED_SAMPLE
@@ -18,16 +18,8 @@ MODEL = "stub-model"
 
 
 def scripted_answer(index: int, body: dict[str, Any]) -> Reply:
-    """A merge that carries both sources, or a judge's score; slow enough for requests to overlap."""
-    schema = body["response_format"].get("schema") or body["response_format"]["json_schema"]["schema"]
-    if "score" in schema["properties"]:
-        return Reply(json.dumps({"score": 9 if "Merged" in body["messages"][-1]["content"] else 5}), delay_s=0.2)
-    sources = json.loads(body["messages"][-1]["content"].split("\n", 1)[1])
-    return Reply(merge_json(
-        instruction="Merged: " + " Then: ".join(s["instruction"] for s in sources),
-        input="\n\n".join(s["input"] for s in sources if s["input"]),
-        output="\n\n".join(s["output"] for s in sources),
-    ), delay_s=0.2)
+    """Genuine merges and judge scores, slow enough for requests to overlap."""
+    return concatenated_merge(index, body, delay_s=0.2)
 
 
 def rows(db: Path, sql: str) -> list[tuple]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from llm_support import Reply, ScriptedServer, merge_json
-from support import bundled_rows, write_jsonl
-from test_cli import SUMMARY, mergeit
+from support import bundled_rows, run_mergeit, write_jsonl
+from test_cli import SUMMARY
 
 from mergeit_core.store import connect
 
@@ -55,7 +55,7 @@ def test_run_reads_csv_reports_files_not_read_and_keeps_lineage_owners(
             monkeypatch.setenv(name, value)
 
         def run() -> tuple[int, ...]:
-            result = mergeit("run", "--db", str(db), "--dagster-home", str(home), cwd=tmp_path, timeout=600)
+            result = run_mergeit("run", "--db", str(db), "--dagster-home", str(home), cwd=tmp_path, timeout=600)
             assert result.returncode == 0, result.stderr[-4000:]
             summary, not_read = SUMMARY.search(result.stdout), FILES_NOT_READ.search(result.stdout)
             assert summary and not_read, result.stdout

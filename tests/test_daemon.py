@@ -18,7 +18,7 @@ from daemon_support import (
     serving_sensors,
     wait_until_current,
 )
-from llm_support import Reply, ScriptedServer, merge_json
+from llm_support import ScriptedServer, concatenated_merge
 from support import bundled_rows, dagster_dev, settled, write_jsonl
 from test_dagster_graph import assert_lineage_invariants, scalar
 
@@ -45,7 +45,7 @@ def test_dropped_files_reach_the_dataset_in_one_run_per_stage(tmp_path: Path) ->
     home, folder, db = instance_folder(tmp_path / "dagster_home"), tmp_path / "watched", tmp_path / "mergeit.duckdb"
     folder.mkdir()
     rows = bundled_rows()
-    scripted = ScriptedServer(lambda index, body: Reply(merge_json(f"Merged task {index}", "", f"Merged answer {index}")))
+    scripted = ScriptedServer(concatenated_merge)  # merges the gate keeps
     with scripted, dagster_dev(home, {
         "MERGEIT_SOURCES": str(folder), "MERGEIT_DB": str(db),
         "MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_BASE_URL": scripted.base_url, "MERGEIT_LLM_MODEL": "scripted",
