@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from llm_support import Reply, ScriptedServer, merge_json
+from llm_support import ScriptedServer, concatenated_merge
 from support import bundled_rows, run_mergeit, write_jsonl
 from test_cli import SUMMARY
 
@@ -41,7 +41,7 @@ def test_run_reads_csv_reports_files_not_read_and_keeps_lineage_owners(
     write_jsonl(folder / ".draft.jsonl", data[:1])
     write_jsonl(folder / "incoming.jsonl.partial", data[:1])
     db, home = tmp_path / "out.duckdb", tmp_path / "home"
-    with ScriptedServer(lambda index, body: Reply(merge_json(f"Merged task {index}"))) as server:
+    with ScriptedServer(concatenated_merge) as server:  # merges the gate keeps
         # Settings by environment, the way `dagster dev` and the sensors get them too.
         for name, value in {
             "MERGEIT_SOURCES": str(folder),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from llm_support import Reply, ScriptedServer, merge_json
+from llm_support import ScriptedServer, concatenated_merge
 from support import bundled_rows, write_jsonl
 from test_dagster_graph import INTERFACE_ASSETS, PER_CLUSTER_ASSETS
 
@@ -53,7 +53,7 @@ def test_dg_list_defs_lists_the_seven_assets(dagster_home: Path) -> None:
 def test_dg_launch_materializes_one_cluster_partition(tmp_path: Path, dagster_home: Path) -> None:
     sources = write_jsonl(tmp_path / "sources" / "data.jsonl", bundled_rows()[:40])
     db = tmp_path / "mergeit.duckdb"
-    with ScriptedServer(lambda index, body: Reply(merge_json(f"Merged task {index}"))) as server:
+    with ScriptedServer(concatenated_merge) as server:  # merges the gate keeps
         env = {
             "MERGEIT_SOURCES": str(sources.parent),
             "MERGEIT_DB": str(db),
