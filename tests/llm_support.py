@@ -58,13 +58,18 @@ def concatenated_merge(index: int, body: dict[str, Any], delay_s: float = 0.0) -
     schema = body["response_format"].get("schema") or body["response_format"]["json_schema"]["schema"]
     if "score" in schema["properties"]:
         return Reply(json.dumps({"score": 9 if "Merged" in last_user_message(body) else 5}), delay_s=delay_s)
-    # The sources are the JSON list after the prompt's first line.
-    sources, _ = json.JSONDecoder().raw_decode(last_user_message(body).split("\n", 1)[1])
+    sources = prompt_sources(body)
     return Reply(merge_json(
         instruction="Merged: " + " Then: ".join(source["instruction"] for source in sources),
         input="\n\n".join(source["input"] for source in sources if source["input"]),
         output="\n\n".join(source["output"] for source in sources),
     ), delay_s=delay_s)
+
+
+def prompt_sources(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The samples a merge request asks to merge: the JSON list after the prompt's first line."""
+    sources, _ = json.JSONDecoder().raw_decode(last_user_message(body).split("\n", 1)[1])
+    return sources
 
 
 def last_user_message(body: dict[str, Any]) -> str:

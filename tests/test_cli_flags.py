@@ -97,8 +97,10 @@ def test_llm_flags_reach_the_endpoint_and_the_provenance(flagged_run) -> None:
     assert set(rows(db, "SELECT DISTINCT backend, model FROM merged_samples")) == {("openai", MODEL)}
     # --quality-gate: the judge was asked, and its scores are on the rows
     judged = [b for b in requests if "score" in json.dumps(b["response_format"])]
-    [(scored, groups)] = rows(db, "SELECT count(quality_score), count(*) FROM merged_samples")
-    assert judged and scored == groups > 0
+    # (a merge the model-free gate rejects never reaches the judge)
+    [(scored, gated_in)] = rows(db, "SELECT count(quality_score), "
+                                    "count(*) FILTER (WHERE status IN ('merged', 'rejected_by_quality')) FROM merged_samples")
+    assert judged and scored == gated_in > 0
 
 
 def test_the_environment_is_the_default_when_no_flag_is_given(sources, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from llm_support import Reply, ScriptedServer, last_user_message, merge_json
+from llm_support import Reply, ScriptedServer, merge_json, prompt_sources
 from support import write_jsonl
 from test_dagster_graph import assert_lineage_invariants, connect_rows, scalar
 
@@ -44,7 +44,7 @@ def test_only_genuine_merges_reach_the_dataset(tmp_path: Path, monkeypatch: pyte
     def answer(index: int, body: dict[str, Any]) -> Reply:
         # The prompt ends with the group's samples as JSON; a group the set does not know gets
         # a copy of its first sample, which the gate must reject too.
-        members = json.loads(last_user_message(body).split("\n", 1)[1])
+        members = prompt_sources(body)
         case = answers.get(group_key(members))
         merge = case["merge"] if case else members[0]
         return Reply(merge_json(merge["instruction"], merge["input"], merge["output"]))
