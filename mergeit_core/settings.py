@@ -4,12 +4,15 @@ shared by the CLI, Dagster's run config and the sensors."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "sample_data" / "alpaca_sample.jsonl"
 
 DEFAULT_DB = "mergeit.duckdb"
+
+N = TypeVar("N", int, float)
 
 
 class SettingError(ValueError):
@@ -30,24 +33,22 @@ def default_db_path() -> str:
     return os.environ.get("MERGEIT_DB", DEFAULT_DB)
 
 
-def env_int(name: str, default: int) -> int:
+def _env_number(name: str, default: N, parse: Callable[[str], N], kind: str) -> N:
     value = os.environ.get(name)
     if value is None:
         return default
     try:
-        return int(value)
+        return parse(value)
     except ValueError:
-        raise SettingError(f"environment variable {name}={value!r} is not a whole number") from None
+        raise SettingError(f"environment variable {name}={value!r} is not {kind}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int, "a whole number")
 
 
 def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise SettingError(f"environment variable {name}={value!r} is not a number") from None
+    return _env_number(name, default, float, "a number")
 
 
 def env_str(name: str, default: str | None) -> str | None:
