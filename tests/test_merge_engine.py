@@ -17,7 +17,7 @@ from llm_support import merge_json, sample
 from mergeit_core.merge.cache import DuckDBResponseCache, merge_cache_key, score_cache_key
 from mergeit_core.merge.engine import MergeGroup, run_merges
 from mergeit_core.merge.llm import ChatResponse, LLMConfig, Message
-from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA, SCORE_SCHEMA, parse_merged_sample
+from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA, PROMPT_VERSION, SCORE_SCHEMA, parse_merged_sample
 from mergeit_core.merge.quality import LLMJudgeScorer
 from mergeit_core.merge.vllm_backend import MicroBatchingBackend
 from mergeit_core.records import Sample
@@ -102,7 +102,7 @@ def test_a_merge_is_retried_until_it_beats_its_sources(response_cache: DuckDBRes
     assert outcome.requests == 3
     sampling = CONFIG.sampling_params()
     assert outcome.cache_key == merge_cache_key(
-        "fake-model", "merge-v1", sampling, batch[0].members, attempt=2
+        "fake-model", PROMPT_VERSION, sampling, batch[0].members, attempt=2
     )
 
 

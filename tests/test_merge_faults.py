@@ -121,7 +121,8 @@ def test_repeat_penalty_goes_only_to_the_llama_cpp_server(server: ScriptedServer
         finally:
             await backend.aclose()
 
-    llama = replace(config_for(server), backend="llama_cpp", repeat_penalty=1.15)
+    # The embedded server's config: no base URL or model name of its own (the backend gets the URL).
+    llama = replace(config_for(server), backend="llama_cpp", model="", base_url=None, repeat_penalty=1.15)
     asyncio.run(ask(llama, "llama_cpp"))
     asyncio.run(ask(replace(config_for(server), repeat_penalty=1.15), "openai"))
 

@@ -85,8 +85,8 @@ def test_only_genuine_merges_reach_the_dataset(tmp_path: Path, monkeypatch: pyte
                                "OR gate_copy_similarity IS NULL OR gate_repetition IS NULL") == 0
         metadata = results[1].asset_materializations_for_node("merged_samples")[0].metadata
         rejected = sum(status == "rejected" for status, _ in groups.values())
-        assert metadata["rejected_by_gate"].value == rejected
-        assert sum(metadata["gate_reasons"].value.values()) == rejected
+        assert metadata["run_rejected_by_gate"].value == rejected
+        assert sum(metadata["run_gate_reasons"].value.values()) == rejected
 
         # Only the genuine merges are in the dataset; a rejected merge's sources are there as themselves.
         genuine = {c["merge"]["instruction"] for c in cases if c["label"] == "genuine"}
