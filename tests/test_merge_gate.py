@@ -90,6 +90,20 @@ DEGENERATE = {
         ),
         INCOMPLETE_COVERAGE,
     ),
+    "both tasks asked over one source's answer": (
+        STUDY,
+        Sample(STUDY_MERGED.instruction, "", STUDY[1].output),
+        INCOMPLETE_COVERAGE,
+    ),
+    "a task about the given sentences with the sentences dropped": (
+        TRANSLATE,
+        Sample(
+            "Translate the given sentence about the library into French and the one about the museum into Spanish.",
+            "",
+            TRANSLATE_MERGED.output,
+        ),
+        INCOMPLETE_COVERAGE,
+    ),
     "a copy of one source": (STUDY, STUDY[1], COPY_OF_SOURCE),
     "a copy of a prompt example": (STUDY, _FEW_SHOT[1][1], COPY_OF_EXAMPLE),
     "a sentence said twice": (
@@ -149,3 +163,15 @@ def test_thresholds_move_the_line() -> None:
 def test_a_merge_needs_two_sources() -> None:
     with pytest.raises(ValueError, match="at least 2 sources"):
         evaluate_merge(STUDY[:1], STUDY_MERGED)
+
+
+@pytest.mark.parametrize(
+    "name, check_off",
+    [
+        ("both tasks asked over one source's answer", {"max_output_copy_similarity": 1.01}),
+        ("a task about the given sentences with the sentences dropped", {"min_input_coverage": 0.0}),
+    ],
+)
+def test_the_output_copy_and_input_checks_are_what_reject_these(name: str, check_off: dict) -> None:
+    sources, merged, _ = DEGENERATE[name]
+    assert evaluate_merge(sources, merged, thresholds=GateThresholds(**check_off)).kept
