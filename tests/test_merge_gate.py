@@ -58,8 +58,28 @@ TRANSLATE_MERGED = Sample(
     "1. French: La bibliothèque ouvre à neuf heures.\n2. Spanish: El museo está cerrado los lunes.",
 )
 
+# One answer is a word, the other a paragraph: the merged output overlaps the long answer almost
+# entirely and still answers both.
+FRANCE = (
+    Sample("What is the capital of France?", "", "Paris."),
+    Sample(
+        "Describe the Eiffel Tower in a few sentences.",
+        "",
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. It was designed by "
+        "Gustave Eiffel's company and completed in 1889 for the World's Fair. At 330 metres it was the tallest "
+        "man-made structure in the world for four decades, and it is now one of the most visited monuments anywhere.",
+    ),
+)
+FRANCE_MERGED = Sample(
+    "What is the capital of France? Describe its most famous landmark, the Eiffel Tower, in a few sentences.",
+    "",
+    "The capital of France is Paris. " + FRANCE[1].output,
+)
 
-@pytest.mark.parametrize("sources, merged", [(STUDY, STUDY_MERGED), (TRANSLATE, TRANSLATE_MERGED)])
+
+@pytest.mark.parametrize(
+    "sources, merged", [(STUDY, STUDY_MERGED), (TRANSLATE, TRANSLATE_MERGED), (FRANCE, FRANCE_MERGED)]
+)
 def test_genuine_merge_is_kept_with_its_figures(sources, merged) -> None:
     verdict = evaluate_merge(sources, merged)
     assert verdict.kept and verdict.reason is None, verdict.figures

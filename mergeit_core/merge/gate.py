@@ -65,7 +65,8 @@ class GateThresholds:
     max_copy_similarity: float = 0.95
     max_example_similarity: float = 0.9
     # Word overlap (Jaccard) of the merged output with one source's output at which the output
-    # answers that source only: small models restate both tasks over one member's answer.
+    # answers that source only, when it also carries under min_lexical_coverage of another
+    # member's distinctive output words: small models restate both tasks over one answer.
     max_output_copy_similarity: float = 0.9
     # Share of each source input's content words the merged instruction + input must carry: a
     # merge that asks about "the given text" and drops the text merges nothing.
@@ -181,7 +182,10 @@ def _first_failure(
         return ANSWER_AS_INSTRUCTION
     if f.output_ratio < t.min_output_ratio:
         return OUTPUT_TOO_SHORT
-    if f.output_copy_similarity >= t.max_output_copy_similarity or min(f.input_coverage) < t.min_input_coverage:
+    # One source's output pasted while another member's answer is missing (a short answer
+    # appended to a long one also overlaps the long one almost entirely, and is a merge).
+    one_answer = f.output_copy_similarity >= t.max_output_copy_similarity and min(f.output_lexical_coverage) < t.min_lexical_coverage
+    if one_answer or min(f.input_coverage) < t.min_input_coverage:
         return INCOMPLETE_COVERAGE
     for sem, lex, limit in (
         (f.instruction_coverage, f.instruction_lexical_coverage, t.min_instruction_coverage),
