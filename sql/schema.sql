@@ -102,6 +102,16 @@ CREATE TABLE IF NOT EXISTS llm_cache (
     created_at        TIMESTAMP NOT NULL
 );
 
+-- The merge gate's figures for a cached answer (its MiniLM similarities cost more than the
+-- verdict): a cached answer is judged again, under any thresholds, without embedding anything.
+CREATE TABLE IF NOT EXISTS gate_figures (
+    cache_key       VARCHAR NOT NULL,   -- llm_cache.cache_key of the answer
+    figures_version VARCHAR NOT NULL,   -- mergeit_core.merge.gate.FIGURES_VERSION
+    figures         JSON NOT NULL,
+    created_at      TIMESTAMP NOT NULL,
+    PRIMARY KEY (cache_key, figures_version)
+);
+
 CREATE TABLE IF NOT EXISTS merged_samples (
     group_id        VARCHAR PRIMARY KEY,
     cluster_key     VARCHAR NOT NULL,

@@ -4,7 +4,10 @@ each degenerate one is rejected with the reason that names its defect."""
 from __future__ import annotations
 
 import pytest
+from llm_support import merge_json
 
+from mergeit_core.merge.cache import DuckDBResponseCache
+from mergeit_core.merge.engine import MergeGroup, run_merges
 from mergeit_core.merge.gate import (
     ANSWER_AS_INSTRUCTION,
     COPY_OF_EXAMPLE,
@@ -19,6 +22,7 @@ from mergeit_core.merge.gate import (
     GateThresholds,
     evaluate_merge,
 )
+from mergeit_core.merge.llm import ChatResponse, LLMConfig
 from mergeit_core.merge.prompt import _FEW_SHOT
 from mergeit_core.records import Sample
 
@@ -195,3 +199,41 @@ def test_a_merge_needs_two_sources() -> None:
 def test_the_output_copy_and_input_checks_are_what_reject_these(name: str, check_off: dict) -> None:
     sources, merged, _ = DEGENERATE[name]
     assert evaluate_merge(sources, merged, thresholds=GateThresholds(**check_off)).kept
+
+
+class _AnswersStudyMerged:
+    """A backend whose every merge is STUDY_MERGED."""
+
+    backend = "fake"
+    model = "fake-model"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.sampling_params = LLMConfig(backend="openai", model="fake-model").sampling_params()
+
+    async def chat(self, messages, schema) -> ChatResponse:
+        self.calls += 1
+        return ChatResponse(merge_json(STUDY_MERGED.instruction, "", STUDY_MERGED.output), 5, 2)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_cached_answer_is_judged_again_from_its_stored_figures(tmp_path, monkeypatch) -> None:
+    cache = DuckDBResponseCache(tmp_path / "cache.duckdb")
+    config = LLMConfig(backend="openai", model="fake-model")
+    group = [MergeGroup("g", "c", STUDY)]
+    first = run_merges(group, _AnswersStudyMerged(), cache, config)
+    assert first.outcomes[0].status == "merged"
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("the stored figures should have been used")
+
+    monkeypatch.setattr("mergeit_core.merge.engine.measure_merge", no_embedding)
+    backend = _AnswersStudyMerged()
+    again = run_merges(group, backend, cache, config)
+    assert (backend.calls, again.outcomes[0].status) == (0, "merged")
+    assert again.outcomes[0].gate == first.outcomes[0].gate
+    # Other thresholds, the same stored figures: a new verdict at no cost.
+    strict = run_merges(group, backend, cache, config, gate=GateThresholds(min_output_ratio=5.0))
+    assert (strict.outcomes[0].status, strict.outcomes[0].gate.reason) == ("rejected", OUTPUT_TOO_SHORT)

@@ -6,6 +6,7 @@ midway keeps what it paid for. No connection is ever held while a model is being
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -121,6 +122,27 @@ class DuckDBResponseCache:
                     finish_reason,
                     _utc_now(),
                 ],
+            )
+
+    def get_gate_figures(self, keys: Iterable[str], version: str) -> dict[str, dict]:
+        """The merge gate's figures stored for these answers' cache keys under ``version``."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        with _CONNECTION_LOCK, connect(self.db_path) as conn:
+            rows = conn.execute(
+                "SELECT cache_key, figures FROM gate_figures "
+                "WHERE figures_version = ? AND cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
+                [version, wanted],
+            ).fetchall()
+        return {key: json.loads(figures) for key, figures in rows}
+
+    def put_gate_figures(self, key: str, version: str, figures: Mapping[str, object]) -> None:
+        with _CONNECTION_LOCK, connect(self.db_path) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO gate_figures (cache_key, figures_version, figures, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                [key, version, json.dumps(figures), _utc_now()],
             )
 
 

@@ -14,7 +14,15 @@ from typing import Literal
 
 from mergeit_core.merge.asking import CachedAsker, Usage
 from mergeit_core.merge.cache import CachedResponse, DuckDBResponseCache, merge_cache_key
-from mergeit_core.merge.gate import Embedder, GateThresholds, GateVerdict, evaluate_merge
+from mergeit_core.merge.gate import (
+    FIGURES_VERSION,
+    Embedder,
+    Figures,
+    GateThresholds,
+    GateVerdict,
+    judge_merge,
+    measure_merge,
+)
 from mergeit_core.merge.llm import BatchChatBackend, ChatBackend, LLMConfig, LLMError, Message
 from mergeit_core.merge.prompt import (
     MERGED_SAMPLE_SCHEMA,
@@ -140,12 +148,14 @@ class _MergeRun:
         quality_retries: int,
     ) -> None:
         self.backend = backend
+        self.cache = cache
         self.config = config
         self.scorer = scorer
         self.gate = gate
         self.embed = embed
         # One gate check at a time: the embedder is CPU-bound and uses every core already.
         self.gate_lock = asyncio.Lock()
+        self.stored_figures: Mapping[str, Figures] = {}
         self.attempts = quality_retries + 1 if scorer is not None else 1
         self.asker: CachedAsker[Sample] = CachedAsker(
             backend,
@@ -162,24 +172,38 @@ class _MergeRun:
             self.backend.model, PROMPT_VERSION, self.config.sampling_params(), group.members, attempt=attempt
         )
 
-    async def check(self, group: MergeGroup, merged: Sample, finish_reason: str | None) -> GateVerdict | None:
+    async def check(
+        self, group: MergeGroup, key: str, merged: Sample, finish_reason: str | None
+    ) -> GateVerdict | None:
         if self.gate is None:
             return None
+        figures = await self._figures(group, key, merged)
+        return judge_merge(group.members, merged, figures, finish_reason=finish_reason, thresholds=self.gate)
+
+    async def _figures(self, group: MergeGroup, key: str, merged: Sample) -> Figures:
+        # Figures are stored per answer only when measured with the packaged MiniLM: an embedder
+        # given by a caller (a test, a bench) is another measure.
+        stored = self.embed is None
+        if stored:
+            known = self.stored_figures.get(key) or (
+                await asyncio.to_thread(self.cache.get_gate_figures, [key], FIGURES_VERSION)
+            ).get(key)
+            if known is not None:
+                return known
         async with self.gate_lock:
-            return await asyncio.to_thread(
-                evaluate_merge,
-                group.members,
-                merged,
-                finish_reason=finish_reason,
-                thresholds=self.gate,
-                embed=self.embed,
-            )
+            figures = await asyncio.to_thread(measure_merge, group.members, merged, embed=self.embed)
+        if stored:
+            await asyncio.to_thread(self.cache.put_gate_figures, key, FIGURES_VERSION, figures)
+        return figures
 
     async def merge_all(
         self, groups: list[MergeGroup], on_outcome: Callable[[MergeOutcome], None] | None
     ) -> list[MergeOutcome]:
         # Every first-attempt answer is looked up at once: cached groups then send nothing.
         prefetched = await self.asker.lookup(self.cache_key(group, 0) for group in groups)
+        # ... and their gate figures: a cached answer is judged again without the embedder.
+        if self.gate is not None and self.embed is None:
+            self.stored_figures = await asyncio.to_thread(self.cache.get_gate_figures, prefetched, FIGURES_VERSION)
         # An offline batch engine gets every pending group in one batch; a server gets at most
         # `concurrency` groups in flight, and a group asks one question at a time, so requests
         # in flight never exceed it either (scoring included).
@@ -230,7 +254,7 @@ class _GroupMerge:
                 return self._outcome("failed", key, error=f"{type(error).__name__}: {error}")
             if answer.value is None:
                 return self._outcome("failed", key, error=answer.error)
-            verdict = await self._run.check(self._group, answer.value, answer.finish_reason)
+            verdict = await self._run.check(self._group, key, answer.value, answer.finish_reason)
             if verdict is not None and not verdict.kept:
                 return self._outcome(
                     "rejected", key, sample=answer.value, gate=verdict, error=f"merge gate: {verdict.reason}"

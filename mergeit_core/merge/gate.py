@@ -87,6 +87,12 @@ class GateVerdict:
     figures: dict[str, float | list[float]] = field(default_factory=dict)
 
 
+# Bump when a figure's definition (or the embedding model) changes: figures stored under another
+# version are measured again.
+FIGURES_VERSION = "gate-figures-v2"
+Figures = dict[str, float | list[float]]
+
+
 def evaluate_merge(
     sources: Sequence[Sample],
     merged: Sample,
@@ -97,13 +103,32 @@ def evaluate_merge(
 ) -> GateVerdict:
     """Keep ``merged`` only with evidence that it merges ``sources``; ``embed`` defaults to the
     packaged MiniLM (mergeit_core.embed.embed_texts)."""
+    figures = measure_merge(sources, merged, embed=embed)
+    return judge_merge(sources, merged, figures, finish_reason=finish_reason, thresholds=thresholds)
+
+
+def measure_merge(sources: Sequence[Sample], merged: Sample, *, embed: Embedder | None = None) -> Figures:
+    """The figures the gate judges by: the costly half (MiniLM), the same for every threshold, so
+    they can be stored with the answer and judged again under other thresholds for free."""
     if len(sources) < 2:
         raise ValueError(f"a merge has at least 2 sources, got {len(sources)}")
     if embed is None:
         from mergeit_core.embed import embed_texts as embed
-    figures = _Figures.measure(sources, merged, embed)
-    reason = _first_failure(figures, merged, sources, finish_reason, thresholds)
-    return GateVerdict(kept=reason is None, reason=reason, figures=figures.as_dict())
+    return asdict(_Figures.measure(sources, merged, embed))
+
+
+def judge_merge(
+    sources: Sequence[Sample],
+    merged: Sample,
+    figures: Figures,
+    *,
+    finish_reason: str | None = None,
+    thresholds: GateThresholds = GateThresholds(),
+) -> GateVerdict:
+    """The verdict on figures from measure_merge: cheap arithmetic and a few regular expressions."""
+    measured = _Figures(**figures)
+    reason = _first_failure(measured, merged, sources, finish_reason, thresholds)
+    return GateVerdict(kept=reason is None, reason=reason, figures=measured.as_dict())
 
 
 @dataclass(frozen=True)
