@@ -50,7 +50,10 @@ class LLMResource(dg.ConfigurableResource):
 
     backend: str = Field(default="llama_cpp", description="llama_cpp (embedded), openai (any compatible URL) or vllm (offline).")
     model: str = Field(default="", description="Model name; for llama_cpp a GGUF path, empty for the bundled SmolLM2.")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint for backend=openai.")
+    base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint for backend=openai; several (comma-separated) spread requests by load.",
+    )
     api_key_env: str = Field(default="OPENAI_API_KEY")
     temperature: float = Field(default=0.25)
     max_tokens: int = Field(default=768)
@@ -61,6 +64,9 @@ class LLMResource(dg.ConfigurableResource):
     structured_output: str | None = Field(
         default=None,
         description="json_schema (OpenAI, vLLM) or json_object_schema (llama.cpp servers); empty: the backend's default.",
+    )
+    servers: int | None = Field(
+        default=None, description="llama_cpp: embedded servers sharing the cores; empty: one per core, at most 4."
     )
 
     @classmethod
@@ -73,6 +79,7 @@ class LLMResource(dg.ConfigurableResource):
             concurrency=settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
             quality_gate=settings.env_str("MERGEIT_QUALITY_GATE", "0") in ("1", "true", "yes"),
             structured_output=settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
+            servers=settings.env_optional_int("MERGEIT_LLM_SERVERS"),
         )
 
     def to_config(self) -> LLMConfig:
@@ -87,6 +94,7 @@ class LLMResource(dg.ConfigurableResource):
             request_timeout_s=self.request_timeout_s,
             max_retries=self.max_retries,
             structured_output=self.structured_output or None,
+            servers=self.servers,
         )
 
 

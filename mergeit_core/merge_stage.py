@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from mergeit_core.merge.backends import open_backend
+from mergeit_core.merge.backends import DeferredBackend, open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
 from mergeit_core.merge.engine import MergeGroup, MergeReport, run_merges
-from mergeit_core.merge.llm import LLMConfig
+from mergeit_core.merge.llm import ChatBackend, LLMConfig
 from mergeit_core.merge.prompt import PROMPT_VERSION
 from mergeit_core.merge.quality import LLMJudgeScorer
 from mergeit_core.records import Sample
@@ -57,13 +58,16 @@ def merge_clusters(
 ) -> MergeStats:
     """Merge every group of the given clusters in one pool of concurrent requests, then replace
     each cluster's merged_samples rows. Answers are cached as they arrive, so a rerun after a
-    crash only asks for what is missing. With no group to merge, no LLM is started."""
+    crash only asks for what is missing. No LLM is started unless some answer is not cached."""
     groups = load_merge_groups(db_path, cluster_keys)
     report = MergeReport.of([], 0.0)
     model = backend_name = ""
     if groups:
         cache = DuckDBResponseCache(db_path)
-        with open_backend(config) as backend:
+        with ExitStack() as stack:
+            backend: ChatBackend = (
+                stack.enter_context(open_backend(config)) if config.backend == "vllm" else DeferredBackend(config, stack)
+            )
             scorer = LLMJudgeScorer(backend, cache) if quality_gate else None
             report = run_merges(groups, backend, cache, config, scorer=scorer)
             model, backend_name = backend.model, backend.backend

@@ -28,6 +28,11 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def env_optional_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
 def env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 

@@ -139,3 +139,14 @@ CREATE TABLE IF NOT EXISTS sample_sources (
     source_id    VARCHAR NOT NULL,
     PRIMARY KEY (sample_id, source_id)
 );
+
+-- The last run of the whole graph that left nothing to retry: what it read (source file hashes),
+-- with which settings, and the database it left. A rerun whose inputs and database still match
+-- has nothing to do. One row at most.
+CREATE TABLE IF NOT EXISTS complete_runs (
+    run_id          VARCHAR NOT NULL,   -- the Dagster run that built merged_dataset
+    sources_hash    VARCHAR NOT NULL,
+    settings_hash   VARCHAR NOT NULL,
+    database_stamp  VARCHAR NOT NULL,
+    finished_at     TIMESTAMP NOT NULL
+);

@@ -42,6 +42,8 @@ class LLMConfig:
     backend: BackendName = "llama_cpp"
     # llama_cpp: a .gguf path, or anything else for the bundled SmolLM2; otherwise the model name.
     model: str = ""
+    # One endpoint, or several serving the same model separated by commas (requests are spread
+    # over them by load; see endpoint_pool).
     base_url: str | None = None
     # The NAME of the variable holding the key; the key is read when a client is built.
     api_key_env: str = "OPENAI_API_KEY"
@@ -53,6 +55,8 @@ class LLMConfig:
     total_timeout_s: float = 600.0  # one request, retries and their backoff included
     n_ctx: int = 4096  # llama.cpp context: system prompt + examples + sources + answer
     structured_output: StructuredOutputForm | None = None  # None: the backend's default form
+    # llama_cpp: how many embedded servers share the cores (None: from the CPU count).
+    servers: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in DEFAULT_STRUCTURED_OUTPUT:
@@ -69,8 +73,16 @@ class LLMConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if self.servers is not None and self.servers < 1:
+            raise ValueError(f"servers must be at least 1, got {self.servers}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    @property
+    def base_urls(self) -> list[str | None]:
+        """The endpoints ``base_url`` names; [None] (the SDK's default URL) when it names none."""
+        urls = [url.strip() for url in (self.base_url or "").split(",") if url.strip()]
+        return urls or [None]
 
     @property
     def structured_output_form(self) -> StructuredOutputForm:
