@@ -17,7 +17,7 @@ import dagster as dg
 from mergeit_assets import checks
 from mergeit_assets.assets import merging, selection
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
-from mergeit_core import fingerprint, stages
+from mergeit_core import embed, fingerprint, stages
 
 ALL_ASSETS = dg.load_assets_from_modules([selection, merging])
 ALL_CHECKS = [checks.source_rows_accounted, checks.every_row_embedded, checks.lineage_complete]
@@ -100,6 +100,9 @@ def run_all(
             )
         )
         return GraphRun(unchanged_since=previous)
+    if previous is None or previous.sources_hash != inputs.sources_hash:
+        # New rows are likely: the model loads while Dagster starts the run and ingest reads.
+        embed.load_in_background()
     results = [materialize(UPSTREAM, instance, resources, log_level=log_level)]
     keys = instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME)
     # Partitions whose membership did not move hold what these settings compute from it, as long

@@ -251,26 +251,58 @@ class SelectStats:
     kept_whole: bool
 
 
-def select_cluster(
-    db_path: str | Path, cluster_key: str, *, budget: int = select.DEFAULT_BUDGET, run_id: str | None = None
-) -> SelectStats:
+def _by_cluster(table: pa.Table, cluster_keys: Sequence[str]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Split rows ordered by cluster_key into each cluster's source ids and embedding matrix."""
+    keys = table.column("cluster_key").to_pylist()
+    source_ids = table.column("source_id").to_pylist()
+    matrix = _matrix(table)
+    parts: dict[str, tuple[list[str], np.ndarray]] = {
+        key: ([], np.zeros((0, embed.EMBEDDING_DIM), dtype=np.float32)) for key in cluster_keys
+    }
+    start = 0
+    for end in range(1, len(keys) + 1):
+        if end == len(keys) or keys[end] != keys[start]:
+            parts[keys[start]] = (source_ids[start:end], matrix[start:end])
+            start = end
+    return parts
+
+
+def select_clusters(
+    db_path: str | Path, cluster_keys: Sequence[str], *, budget: int = select.DEFAULT_BUDGET, run_id: str | None = None
+) -> list[SelectStats]:
+    """Select in each cluster; one read and one write transaction for all of them, since a
+    connection costs more than a small cluster's selection."""
+    keys = list(cluster_keys)
     with connect(db_path) as conn:
-        members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key})
-        exists = conn.execute("SELECT count(*) FROM clusters WHERE cluster_key = ?", [cluster_key]).fetchall()[0][0]
-    if not exists:
-        raise KeyError(f"cluster {cluster_key!r} does not exist: materialize topic_clusters first")
-    source_ids = members.column("source_id").to_pylist()
-    selection = select.select_facility_location(_matrix(members), budget)
+        members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
+        existing = {k for (k,) in conn.execute(
+            "SELECT cluster_key FROM clusters WHERE list_contains(?, cluster_key)", [keys]).fetchall()}
+    missing = [key for key in keys if key not in existing]
+    if missing:
+        raise KeyError(f"cluster(s) {missing} do not exist: materialize topic_clusters first")
+    selections = {
+        key: (source_ids, select.select_facility_location(matrix, budget))
+        for key, (source_ids, matrix) in _by_cluster(members, keys).items()
+    }
+    rows = [
+        (source_ids[index], key, rank, gain)
+        for key, (source_ids, selection) in selections.items()
+        for rank, (index, gain) in enumerate(zip(selection.indices, selection.gains), start=1)
+    ]
     with connect(db_path) as conn, transaction(conn):
-        conn.execute("DELETE FROM selected_subset WHERE cluster_key = ?", [cluster_key])
+        conn.execute("DELETE FROM selected_subset WHERE list_contains(?, cluster_key)", [keys])
         insert_columns(conn, "selected_subset", {
-            "source_id": [source_ids[i] for i in selection.indices],
-            "cluster_key": [cluster_key] * len(selection.indices),
-            "selection_rank": pa.array(range(1, len(selection.indices) + 1), pa.int32()),
-            "marginal_gain": pa.array(selection.gains, pa.float64()),
+            "source_id": [r[0] for r in rows],
+            "cluster_key": [r[1] for r in rows],
+            "selection_rank": pa.array([r[2] for r in rows], pa.int32()),
+            "marginal_gain": pa.array([r[3] for r in rows], pa.float64()),
         })
-        record_partition_membership(conn, "selected_subset", cluster_key, run_id)
-    return SelectStats(cluster_key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
+        for key in keys:
+            record_partition_membership(conn, "selected_subset", key, run_id)
+    return [
+        SelectStats(key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
+        for key, (source_ids, selection) in selections.items()
+    ]
 
 
 # --- merge_pairs ---------------------------------------------------------------------------------
@@ -285,36 +317,42 @@ class PairStats:
     mean_similarity: float | None
 
 
-def pair_cluster(
+def pair_clusters(
     db_path: str | Path,
-    cluster_key: str,
+    cluster_keys: Sequence[str],
     *,
     threshold: float = 0.55,
     max_group_size: int = 2,
     run_id: str | None = None,
-) -> PairStats:
+) -> list[PairStats]:
+    """Merge groups in each cluster's selection; one read and one write transaction for all."""
+    keys = list(cluster_keys)
     with connect(db_path) as conn:
-        selected = fetch_table(conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key})
-    source_ids = selected.column("source_id").to_pylist()
-    similarity = pairing.cosine_similarity_matrix(_matrix(selected))
-    groups = pairing.similarity_groups(similarity, threshold, max_group_size)
-    rows = [
-        (group_id([source_ids[i] for i in group.members]), source_ids[member], index, sim)
-        for group in groups
-        for index, (member, sim) in enumerate(zip(group.members, group.similarities))
-    ]
+        selected = fetch_table(conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
+    rows: list[tuple[str, str, str, int, float]] = []
+    stats = []
+    for key, (source_ids, matrix) in _by_cluster(selected, keys).items():
+        groups = pairing.similarity_groups(pairing.cosine_similarity_matrix(matrix), threshold, max_group_size)
+        cluster_rows = [
+            (group_id([source_ids[i] for i in group.members]), key, source_ids[member], index, sim)
+            for group in groups
+            for index, (member, sim) in enumerate(zip(group.members, group.similarities))
+        ]
+        sims = [r[4] for r in cluster_rows]
+        stats.append(PairStats(key, len(source_ids), len(groups), len(cluster_rows), float(np.mean(sims)) if sims else None))
+        rows += cluster_rows
     with connect(db_path) as conn, transaction(conn):
-        conn.execute("DELETE FROM merge_pairs WHERE cluster_key = ?", [cluster_key])
+        conn.execute("DELETE FROM merge_pairs WHERE list_contains(?, cluster_key)", [keys])
         insert_columns(conn, "merge_pairs", {
             "group_id": [r[0] for r in rows],
-            "cluster_key": [cluster_key] * len(rows),
-            "source_id": [r[1] for r in rows],
-            "member_index": pa.array([r[2] for r in rows], pa.int32()),
-            "similarity": pa.array([r[3] for r in rows], pa.float64()),
+            "cluster_key": [r[1] for r in rows],
+            "source_id": [r[2] for r in rows],
+            "member_index": pa.array([r[3] for r in rows], pa.int32()),
+            "similarity": pa.array([r[4] for r in rows], pa.float64()),
         })
-        record_partition_membership(conn, "merge_pairs", cluster_key, run_id)
-    sims = [r[3] for r in rows]
-    return PairStats(cluster_key, len(source_ids), len(groups), len(rows), float(np.mean(sims)) if sims else None)
+        for key in keys:
+            record_partition_membership(conn, "merge_pairs", key, run_id)
+    return stats
 
 
 # --- merged_dataset ------------------------------------------------------------------------------

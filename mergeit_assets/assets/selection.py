@@ -97,10 +97,9 @@ def topic_clusters(
 def selected_subset(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
 ) -> dg.MaterializeResult:
-    results = [
-        stages.select_cluster(duckdb.database, key, budget=pipeline.selection_budget, run_id=context.run.run_id)
-        for key in context.partition_keys
-    ]
+    results = stages.select_clusters(
+        duckdb.database, context.partition_keys, budget=pipeline.selection_budget, run_id=context.run.run_id
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sum(r.selected for r in results),
@@ -123,16 +122,13 @@ def selected_subset(
 def merge_pairs(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
 ) -> dg.MaterializeResult:
-    results = [
-        stages.pair_cluster(
-            duckdb.database,
-            key,
-            threshold=pipeline.similarity_threshold,
-            max_group_size=pipeline.max_group_size,
-            run_id=context.run.run_id,
-        )
-        for key in context.partition_keys
-    ]
+    results = stages.pair_clusters(
+        duckdb.database,
+        context.partition_keys,
+        threshold=pipeline.similarity_threshold,
+        max_group_size=pipeline.max_group_size,
+        run_id=context.run.run_id,
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sum(r.grouped_rows for r in results),
