@@ -100,10 +100,10 @@ def test_new_rows_rerun_only_moved_partitions_and_new_settings_rerun_all(
         # Every partition is current afterwards, so the next rerun is free again.
         assert pipeline.run_all(instance, resources_for(db, folder, scripted_llm)).unchanged_since is not None
 
-        stricter = pipeline.run_all(instance, resources_for(db, folder, scripted_llm, similarity_threshold=0.7))
+        stricter = pipeline.run_all(instance, resources_for(db, folder, scripted_llm, similarity_threshold=0.6))
         assert stricter.unchanged_since is None and stricter.partitions_run == stricter.partitions
         with connect(db) as conn:
-            assert conn.execute("SELECT min(similarity) FROM merge_pairs").fetchall()[0][0] > 0.7
+            assert conn.execute("SELECT count(*) FROM merge_pairs WHERE similarity <= 0.6").fetchall()[0][0] == 0
 
 
 def test_a_merge_the_llm_never_answered_keeps_the_next_run_from_being_skipped(
