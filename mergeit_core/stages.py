@@ -267,6 +267,17 @@ def _by_cluster(table: pa.Table, cluster_keys: Sequence[str]) -> dict[str, tuple
     return parts
 
 
+def _replace_clusters(
+    db_path: str | Path, table: str, cluster_keys: list[str], run_id: str | None, columns: dict[str, object]
+) -> None:
+    """Replace the clusters' rows of a per-cluster table and note the memberships they came from."""
+    with connect(db_path) as conn, transaction(conn):
+        conn.execute(f"DELETE FROM {table} WHERE list_contains(?, cluster_key)", [cluster_keys])
+        insert_columns(conn, table, columns)
+        for key in cluster_keys:
+            record_partition_membership(conn, table, key, run_id)
+
+
 def select_clusters(
     db_path: str | Path, cluster_keys: Sequence[str], *, budget: int = select.DEFAULT_BUDGET, run_id: str | None = None
 ) -> list[SelectStats]:
@@ -289,16 +300,12 @@ def select_clusters(
         for key, (source_ids, selection) in selections.items()
         for rank, (index, gain) in enumerate(zip(selection.indices, selection.gains), start=1)
     ]
-    with connect(db_path) as conn, transaction(conn):
-        conn.execute("DELETE FROM selected_subset WHERE list_contains(?, cluster_key)", [keys])
-        insert_columns(conn, "selected_subset", {
-            "source_id": [r[0] for r in rows],
-            "cluster_key": [r[1] for r in rows],
-            "selection_rank": pa.array([r[2] for r in rows], pa.int32()),
-            "marginal_gain": pa.array([r[3] for r in rows], pa.float64()),
-        })
-        for key in keys:
-            record_partition_membership(conn, "selected_subset", key, run_id)
+    _replace_clusters(db_path, "selected_subset", keys, run_id, {
+        "source_id": [r[0] for r in rows],
+        "cluster_key": [r[1] for r in rows],
+        "selection_rank": pa.array([r[2] for r in rows], pa.int32()),
+        "marginal_gain": pa.array([r[3] for r in rows], pa.float64()),
+    })
     return [
         SelectStats(key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
         for key, (source_ids, selection) in selections.items()
@@ -341,17 +348,13 @@ def pair_clusters(
         sims = [r[4] for r in cluster_rows]
         stats.append(PairStats(key, len(source_ids), len(groups), len(cluster_rows), float(np.mean(sims)) if sims else None))
         rows += cluster_rows
-    with connect(db_path) as conn, transaction(conn):
-        conn.execute("DELETE FROM merge_pairs WHERE list_contains(?, cluster_key)", [keys])
-        insert_columns(conn, "merge_pairs", {
-            "group_id": [r[0] for r in rows],
-            "cluster_key": [r[1] for r in rows],
-            "source_id": [r[2] for r in rows],
-            "member_index": pa.array([r[3] for r in rows], pa.int32()),
-            "similarity": pa.array([r[4] for r in rows], pa.float64()),
-        })
-        for key in keys:
-            record_partition_membership(conn, "merge_pairs", key, run_id)
+    _replace_clusters(db_path, "merge_pairs", keys, run_id, {
+        "group_id": [r[0] for r in rows],
+        "cluster_key": [r[1] for r in rows],
+        "source_id": [r[2] for r in rows],
+        "member_index": pa.array([r[3] for r in rows], pa.int32()),
+        "similarity": pa.array([r[4] for r in rows], pa.float64()),
+    })
     return stats
 
 
