@@ -73,10 +73,11 @@ def test_a_failing_endpoint_is_taken_out_and_every_request_still_succeeds(tmp_pa
         report, pool = merge_over(f"{failing.base_url},{dead},{healthy.base_url}", tmp_path, groups(16), concurrency=4)
     assert report.merged == 16 and report.failed == 0
     assert healthy.request_count == 16
-    # Out of rotation after its first failure, and the cool-down outlasts this short run.
-    assert failing.request_count <= 2
     assert [e.answered for e in pool.endpoints] == [0, 0, 16]
-    assert pool.endpoints[0].failures >= 1 and pool.endpoints[1].failures >= 1
+    # Each failure took the endpoint out for a cool-down that doubles (1 s, 2 s, 4 s, ...), so it
+    # saw a few requests at most, every one of them a failure in a row.
+    assert 1 <= failing.request_count <= 4 and pool.endpoints[0].failures == failing.request_count
+    assert pool.endpoints[1].failures >= 1
 
 
 def test_when_every_endpoint_fails_the_groups_fail_and_nothing_hangs(tmp_path: Path) -> None:
