@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 
 from mergeit_core.merge.backends import open_backend
