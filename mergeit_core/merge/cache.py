@@ -72,6 +72,8 @@ class DuckDBResponseCache:
 
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path)
+        self._pending: list[list[object]] = []
+        self._pending_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DuckDBResponseCache({str(self.db_path)!r})"
@@ -102,22 +104,28 @@ class DuckDBResponseCache:
         prompt_tokens: int | None,
         completion_tokens: int | None,
     ) -> None:
-        with _CONNECTION_LOCK, connect(self.db_path) as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, "
-                "response, prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    key,
-                    purpose,
-                    model,
-                    prompt_version,
-                    valid,
-                    response,
-                    prompt_tokens,
-                    completion_tokens,
-                    _utc_now(),
-                ],
-            )
+        """Returns once the answer is committed. Answers arriving while another is being written
+        are committed together by the next writer (one connection for all), so many requests
+        in flight do not queue one connection each."""
+        row = [key, purpose, model, prompt_version, valid, response, prompt_tokens, completion_tokens, _utc_now()]
+        with self._pending_lock:
+            self._pending.append(row)
+        with _CONNECTION_LOCK:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return  # a writer that held the lock before us committed this row with its own
+            try:
+                with connect(self.db_path) as conn:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, "
+                        "response, prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        batch,
+                    )
+            except BaseException:
+                with self._pending_lock:  # the waiting writers' rows go back for the next one
+                    self._pending[:0] = [r for r in batch if r is not row]
+                raise
 
 
 def _utc_now() -> datetime:
