@@ -29,7 +29,7 @@ def scripted_llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
 def resources_for(db: Path, folder: Path, server: ScriptedServer, **pipeline_settings: object) -> dict[str, object]:
     return {
         "duckdb": MergeitDuckDB(database=str(db)),
-        "pipeline": PipelineSettings(sources=[str(folder)], selection_budget=10, **pipeline_settings),
+        "pipeline": PipelineSettings(sources=[str(folder)], **{"selection_budget": 10, **pipeline_settings}),
         "llm": LLMResource(backend="openai", model="scripted", base_url=server.base_url, api_key_env=KEY_ENV, max_retries=0),
     }
 
@@ -111,8 +111,10 @@ def test_a_merge_the_llm_never_answered_keeps_the_next_run_from_being_skipped(
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-local")
     folder, db = tmp_path / "sources", tmp_path / "mergeit.duckdb"
-    write_jsonl(folder / "part1.jsonl", bundled_rows()[:90])
+    write_jsonl(folder / "part1.jsonl", bundled_rows()[:200])
     with ScriptedServer(in_order(then=Fail(500))) as down, dg.instance_for_test() as instance:
-        assert pipeline.run_all(instance, resources_for(db, folder, down)).success
+        assert pipeline.run_all(instance, resources_for(db, folder, down, selection_budget=75)).success
+        with connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM merged_samples WHERE status = 'failed'").fetchall()[0][0] > 0
         assert fingerprint.last_complete_run(db) is None
-        assert pipeline.run_all(instance, resources_for(db, folder, down)).unchanged_since is None
+        assert pipeline.run_all(instance, resources_for(db, folder, down, selection_budget=75)).unchanged_since is None
