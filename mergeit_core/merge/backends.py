@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 from mergeit_core.merge.endpoint_pool import EndpointPool
-from mergeit_core.merge.llama_server import llama_cpp_servers, llama_model_path
+from mergeit_core.merge.llama_server import llama_cpp_servers, llama_model_alias, llama_model_path
 from mergeit_core.merge.llm import ChatBackend, ChatResponse, JsonSchema, LLMConfig, Message
 from mergeit_core.merge.openai_backend import OpenAICompatibleBackend
 from mergeit_core.merge.vllm_backend import VLLMOfflineBackend
@@ -75,8 +75,8 @@ def open_backend(config: LLMConfig) -> Iterator[ChatBackend]:
 
 def model_identity(config: LLMConfig) -> str:
     """The ``model`` the backend for ``config`` will report (cache keys and provenance use it),
-    known without starting anything."""
-    return llama_model_path(config.model).name if config.backend == "llama_cpp" else config.model
+    known without fetching a model or starting anything."""
+    return llama_model_alias(config.model) if config.backend == "llama_cpp" else config.model
 
 
 class DeferredBackend:

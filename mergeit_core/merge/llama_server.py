@@ -18,10 +18,10 @@ from typing import IO, Self
 
 import httpx
 
-from mergeit_core.models import KNOWN_MODELS, default_gguf_path, gguf_for
+from mergeit_core.models import KNOWN_MODELS, default_gguf_path, gguf_for, gguf_location
 from mergeit_core.settings import SettingError
 
-__all__ = ["LlamaCppServer", "default_gguf_path", "llama_cpp_servers", "llama_model_path"]
+__all__ = ["LlamaCppServer", "default_gguf_path", "llama_cpp_servers", "llama_model_alias", "llama_model_path"]
 
 
 def _free_local_port() -> int:
@@ -291,3 +291,10 @@ def llama_model_path(model: str) -> Path:
     """A .gguf path, a known model's name (fetched on first use) or empty for the default model."""
     check_llama_model(model)
     return gguf_for(model)
+
+
+def llama_model_alias(model: str) -> str:
+    """The name the embedded server serves ``model`` under (its GGUF's file name), known without
+    fetching the model or starting a server."""
+    check_llama_model(model)
+    return gguf_location(model)[0].name
