@@ -17,6 +17,7 @@ import dagster as dg
 from mergeit_assets import checks
 from mergeit_assets.assets import merging, selection
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
+from mergeit_assets.resources import LLMResource, PipelineSettings
 from mergeit_core import embed, fingerprint, stages
 
 ALL_ASSETS = dg.load_assets_from_modules([selection, merging])
@@ -66,12 +67,16 @@ class GraphRun:
         return all(result.success for result in self.results)
 
 
-def _inputs(resources: Mapping[str, object]) -> fingerprint.RunInputs:
-    settings: dg.ConfigurableResource = resources["pipeline"]  # type: ignore[assignment]
-    llm: dg.ConfigurableResource = resources["llm"]  # type: ignore[assignment]
+def run_inputs(resources: Mapping[str, object]) -> fingerprint.RunInputs:
+    """What the fingerprint of a run with ``resources`` covers (see mergeit_core.fingerprint)."""
+    settings: PipelineSettings = resources["pipeline"]  # type: ignore[assignment]
+    llm: LLMResource = resources["llm"]  # type: ignore[assignment]
     return fingerprint.run_inputs(
-        settings.sources,  # type: ignore[attr-defined]
-        {"pipeline": settings.model_dump(), "llm": llm.model_dump()},
+        settings.sources,
+        settings.model_dump(),
+        llm.to_config(),
+        quality_gate=llm.quality_gate,
+        merge_gate=llm.gate_thresholds(),
     )
 
 
@@ -86,7 +91,7 @@ def run_all(
     instance: dg.DagsterInstance, resources: Mapping[str, object], *, log_level: str = "DEBUG"
 ) -> GraphRun:
     db_path: str = resources["duckdb"].database  # type: ignore[attr-defined]
-    inputs = _inputs(resources)
+    inputs = run_inputs(resources)
     previous = fingerprint.last_complete_run(db_path)
     untouched = fingerprint.untouched_since(db_path, previous)
     if untouched and previous is not None and (previous.sources_hash, previous.settings_hash) == (

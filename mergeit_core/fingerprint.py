@@ -8,20 +8,31 @@ from `mergeit run`, the UI or a sensor), would recompute exactly what is there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 from mergeit_core import embed
-from mergeit_core.ingest import discover_source_files
+from mergeit_core.ingest import scan_source_paths
+from mergeit_core.merge.backends import model_identity
+from mergeit_core.merge.gate import GateThresholds
+from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.merge.prompt import PROMPT_VERSION, SCORE_PROMPT_VERSION
 from mergeit_core.records import stable_hash
 from mergeit_core.store import connect, run_sql
 from mergeit_core.watch import file_sha256
 
 # Settings that change how fast, not what: a rerun that changes only these has nothing to redo.
-HOW_NOT_WHAT = frozenset({"concurrency", "servers", "request_timeout_s", "max_retries", "embed_batch_size"})
+HOW_NOT_WHAT = frozenset({
+    "concurrency",
+    "servers",
+    "request_timeout_s",
+    "total_timeout_s",
+    "max_retries",
+    "embed_batch_size",
+    "vllm_kv_cache_bytes",
+})
 
 
 @dataclass(frozen=True)
@@ -39,18 +50,44 @@ class CompleteRun:
     finished_at: datetime
 
 
-def run_inputs(sources: Sequence[str | Path], settings: Mapping[str, object]) -> RunInputs:
-    """Hashes of every source file's bytes (by path) and of the result-shaping settings, with
-    the embedding model and the prompt versions, which are settings fixed in code."""
-    files = [(str(path), file_sha256(path)) for path in discover_source_files(sources)]
-    shaping = {name: value for name, value in settings.items() if name not in HOW_NOT_WHAT}
-    shaping.pop("sources", None)  # the files they resolve to are hashed above
-    shaping |= {
+def run_inputs(
+    sources: Sequence[str | Path],
+    pipeline: Mapping[str, object],
+    llm: LLMConfig,
+    *,
+    quality_gate: bool,
+    merge_gate: GateThresholds | None,
+) -> RunInputs:
+    """Hashes of the sources and of the settings that shape results.
+
+    Sources: every source file's bytes (by path), and the paths met in source folders that are
+    not read (the summary counts them). Settings: the pipeline's and the LLM's as given, less
+    those in HOW_NOT_WHAT; what the stages resolve them to (the model the backend will report,
+    which an empty model leaves to $MERGEIT_LLM_MODEL or the default; the structured-output
+    form; the sampling parameters); the merge gate (None: off) with its thresholds and the
+    quality gate; and the settings fixed in code: the embedding model and the prompt versions.
+    """
+    scan = scan_source_paths(sources)
+    files = [(str(path), file_sha256(path)) for path in scan.files]
+    unread = [(entry.source_file, entry.status, entry.reason) for entry in scan.skipped]
+    shaping = {
+        "pipeline": _without_how(pipeline, also={"sources"}),  # the files they resolve to are hashed
+        "llm": _without_how(asdict(llm)),
+        "model": model_identity(llm),
+        "structured_output_form": llm.structured_output_form,
+        "sampling_params": llm.sampling_params(),
+        "quality_gate": quality_gate,
+        "merge_gate": asdict(merge_gate) if merge_gate is not None else None,
         "embedding_model": embed.MODEL_NAME,
         "prompt_version": PROMPT_VERSION,
         "score_prompt_version": SCORE_PROMPT_VERSION,
     }
-    return RunInputs(stable_hash(files, length=64), stable_hash(shaping, length=64))
+    return RunInputs(stable_hash([files, unread], length=64), stable_hash(shaping, length=64))
+
+
+def _without_how(settings: Mapping[str, object], also: Iterable[str] = ()) -> dict[str, object]:
+    left_out = HOW_NOT_WHAT.union(also)
+    return {name: value for name, value in settings.items() if name not in left_out}
 
 
 def database_stamp(db_path: str | Path) -> str:
