@@ -56,6 +56,7 @@ SAMPLE_FILE = REPO_ROOT / "mergeit_core" / "sample_data" / "alpaca_sample.jsonl"
 MODES = ("shapes", "servers", "latency")
 SHAPES = ("llama_cpp", "vllm_offline", "vllm_server")
 CONCURRENCIES = (1, 8)
+LLAMA_MODEL = "smollm2"  # the model the vLLM shapes serve, converted
 SERVER_KEY_ENV = "MERGEIT_BENCH_VLLM_KEY"  # the local server checks no key; the client wants one
 SCRIPTED_KEY_ENV = "MERGEIT_BENCH_KEY"  # likewise for the scripted endpoints
 
@@ -135,7 +136,7 @@ def timed_runs(
 
 
 def bench_llama_cpp(groups: list[MergeGroup], max_tokens: int, workdir: Path) -> list[Measurement]:
-    config = LLMConfig(backend="llama_cpp", max_tokens=max_tokens)
+    config = LLMConfig(backend="llama_cpp", model=LLAMA_MODEL, max_tokens=max_tokens)
     started = time.perf_counter()
     with open_backend(config) as backend:
         warm_up(backend, groups[0])
@@ -183,7 +184,7 @@ def bench_servers(groups: list[MergeGroup], max_tokens: int, servers: int, workd
     print(f"== embedded llama.cpp, single-thread servers: 1 vs {servers}, concurrency 8", flush=True)
     reports: dict[int, MergeReport] = {}
     for count in (1, servers):
-        config = LLMConfig(backend="llama_cpp", max_tokens=max_tokens, concurrency=8, servers=count)
+        config = LLMConfig(backend="llama_cpp", model=LLAMA_MODEL, max_tokens=max_tokens, concurrency=8, servers=count)
         with open_backend(config) as backend:
             warm_up(backend, groups[0])
             cache = DuckDBResponseCache(workdir / f"servers-{count}.duckdb")
