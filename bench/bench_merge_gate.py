@@ -33,6 +33,8 @@ SWEEP: dict[str, Sequence[float]] = {
     "min_output_coverage": (-0.2, -0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
     "min_lexical_coverage": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.01),
     "max_copy_similarity": (0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.01),
+    "max_output_copy_similarity": (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.01),
+    "min_input_coverage": (0.0, 0.3, 0.4, 0.5, 0.6, 0.7),
     "max_example_similarity": (0.7, 0.8, 0.85, 0.9, 0.95, 1.01),
     "max_repetition": (0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 1.01),
     "max_answer_margin": (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 1.0),
@@ -124,6 +126,11 @@ def report(cases: Sequence[Case], verdicts: Sequence[GateVerdict], show_misses: 
           f"authors {dict(Counter(c.author for c in cases))}")
     print(f"kept {s.kept}: precision of kept {s.precision:.3f} (goal >= 0.98), "
           f"genuine kept {s.genuine_kept}/{s.genuine} = recall {s.recall:.3f} (goal >= 0.90)")
+    for author in sorted({c.author for c in cases}):
+        mine = [(c, v) for c, v in zip(cases, verdicts) if c.author == author]
+        a = score([c for c, _ in mine], [v for _, v in mine])
+        print(f"  {author:<20} {len(mine):>3} cases: kept {a.kept}, precision {a.precision:.3f}, "
+              f"genuine kept {a.genuine_kept}/{a.genuine}")
     by_kind: dict[str, list[tuple[Case, GateVerdict]]] = defaultdict(list)
     for case, verdict in zip(cases, verdicts):
         by_kind[case.label].append((case, verdict))

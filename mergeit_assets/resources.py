@@ -102,6 +102,13 @@ class LLMResource(dg.ConfigurableResource):
     gate_max_copy_similarity: float = Field(
         default=_GATE.max_copy_similarity, description="Merge gate: similarity to one source at which a merge is a copy."
     )
+    gate_max_output_copy_similarity: float = Field(
+        default=_GATE.max_output_copy_similarity,
+        description="Merge gate: word overlap of the output with one source's output at which it answers that source only.",
+    )
+    gate_min_input_coverage: float = Field(
+        default=_GATE.min_input_coverage, description="Merge gate: least share of each source input's words the merged task carries."
+    )
     gate_max_example_similarity: float = Field(
         default=_GATE.max_example_similarity, description="Merge gate: similarity to a prompt example at which a merge is a copy."
     )

@@ -160,6 +160,8 @@ ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_output_coverage DOUBLE[
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_instruction_lexical_coverage DOUBLE[];
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_output_lexical_coverage DOUBLE[];
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_copy_similarity DOUBLE;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_output_copy_similarity DOUBLE;
+ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_input_coverage DOUBLE[];  -- per member; 1.0 without input
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_example_similarity DOUBLE;
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_repetition DOUBLE;
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_answer_margin DOUBLE;

@@ -58,8 +58,28 @@ TRANSLATE_MERGED = Sample(
     "1. French: La bibliothèque ouvre à neuf heures.\n2. Spanish: El museo está cerrado los lunes.",
 )
 
+# One answer is a word, the other a paragraph: the merged output overlaps the long answer almost
+# entirely and still answers both.
+FRANCE = (
+    Sample("What is the capital of France?", "", "Paris."),
+    Sample(
+        "Describe the Eiffel Tower in a few sentences.",
+        "",
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. It was designed by "
+        "Gustave Eiffel's company and completed in 1889 for the World's Fair. At 330 metres it was the tallest "
+        "man-made structure in the world for four decades, and it is now one of the most visited monuments anywhere.",
+    ),
+)
+FRANCE_MERGED = Sample(
+    "What is the capital of France? Describe its most famous landmark, the Eiffel Tower, in a few sentences.",
+    "",
+    "The capital of France is Paris. " + FRANCE[1].output,
+)
 
-@pytest.mark.parametrize("sources, merged", [(STUDY, STUDY_MERGED), (TRANSLATE, TRANSLATE_MERGED)])
+
+@pytest.mark.parametrize(
+    "sources, merged", [(STUDY, STUDY_MERGED), (TRANSLATE, TRANSLATE_MERGED), (FRANCE, FRANCE_MERGED)]
+)
 def test_genuine_merge_is_kept_with_its_figures(sources, merged) -> None:
     verdict = evaluate_merge(sources, merged)
     assert verdict.kept and verdict.reason is None, verdict.figures
@@ -87,6 +107,20 @@ DEGENERATE = {
             "1. Leave your phone in another room so that notifications cannot distract you.\n"
             "2. Study in 25-minute blocks with a five-minute break after each block.\n"
             "3. Set out everything you need on the desk before you begin.",
+        ),
+        INCOMPLETE_COVERAGE,
+    ),
+    "both tasks asked over one source's answer": (
+        STUDY,
+        Sample(STUDY_MERGED.instruction, "", STUDY[1].output),
+        INCOMPLETE_COVERAGE,
+    ),
+    "a task about the given sentences with the sentences dropped": (
+        TRANSLATE,
+        Sample(
+            "Translate the given sentence about the library into French and the one about the museum into Spanish.",
+            "",
+            TRANSLATE_MERGED.output,
         ),
         INCOMPLETE_COVERAGE,
     ),
@@ -149,3 +183,15 @@ def test_thresholds_move_the_line() -> None:
 def test_a_merge_needs_two_sources() -> None:
     with pytest.raises(ValueError, match="at least 2 sources"):
         evaluate_merge(STUDY[:1], STUDY_MERGED)
+
+
+@pytest.mark.parametrize(
+    "name, check_off",
+    [
+        ("both tasks asked over one source's answer", {"max_output_copy_similarity": 1.01}),
+        ("a task about the given sentences with the sentences dropped", {"min_input_coverage": 0.0}),
+    ],
+)
+def test_the_output_copy_and_input_checks_are_what_reject_these(name: str, check_off: dict) -> None:
+    sources, merged, _ = DEGENERATE[name]
+    assert evaluate_merge(sources, merged, thresholds=GateThresholds(**check_off)).kept
