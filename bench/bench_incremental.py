@@ -73,7 +73,7 @@ def main() -> None:
         cursor = context.cursor
 
         started = time.perf_counter()
-        assert all(r.success for r in pipeline.run_all(instance, resources, log_level=log))
+        assert pipeline.run_all(instance, resources, log_level=log).success
         first_s = time.perf_counter() - started
         first_requests = served(server)
         partitions = len(instance.get_dynamic_partitions("clusters"))

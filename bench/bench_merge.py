@@ -1,20 +1,32 @@
-"""Merges per second at concurrency 1 vs 8, and the schema-valid rate, for three ways of serving
-the same model (SmolLM2-135M-Instruct) with the same prompt and sampling:
+"""Merge throughput, each ratio measured in this one run. Three modes (``--modes``, comma-separated):
 
-- ``llama_cpp``: the embedded llama.cpp server with the bundled GGUF (one request at a time);
+``shapes`` (the default): merges per second at concurrency 1 vs 8, and the schema-valid rate, for
+three ways of serving the same model (SmolLM2-135M-Instruct) with the same prompt and sampling:
+
+- ``llama_cpp``: the embedded llama.cpp servers with the bundled GGUF, as `mergeit run` starts
+  them (one single-thread server per core, at most 4, each answering one request at a time);
 - ``vllm_offline``: vLLM's offline engine, in the vLLM venv's python (batches of 1 or 8 groups);
 - ``vllm_server``: `vllm serve` from that venv, asked through the ``openai`` backend (strict
   json_schema), 1 or 8 requests in flight.
 
+``servers``: the embedded llama.cpp with one single-thread server vs ``--servers`` of them behind
+the endpoint pool, concurrency 8 (goal on 2 cores: >= 1.7x).
+
+``latency``: a latency-bound endpoint (the tests' scripted server answering after ``--delay`` s)
+with N = 8 and 32 requests in flight, one endpoint and a pool of four (goal: >= 0.9 x N / delay),
+with this process's CPU per merge.
+
     python bench/bench_merge.py [--groups 8] [--max-tokens 160] [--shapes llama_cpp,vllm_offline,vllm_server]
+    python bench/bench_merge.py --modes servers,latency [--servers 2] [--delay 1.0]
 
 The vLLM shapes need bench/vllm_cpu/setup.sh's venv: MERGEIT_VLLM_PYTHON, MERGEIT_VLLM_MODEL_DIR
 (the bundled GGUF converted to a Hugging Face folder: same weights, dequantised to bfloat16);
 without them they are skipped, saying why. Groups are consecutive pairs of rows of the bundled
-Alpaca sample. Every shape starts (and warms with one untimed request) before timing, and each
-run gets a fresh cache, so every merge is really asked; invalid answers, and answers cut at
-max_tokens, are re-asked as in the pipeline. Valid rate: answers that parse under the schema
-and were not cut / answers.
+Alpaca sample. Every shape and server count starts (and warms with one untimed request) before
+timing, and each run gets a fresh cache, so every merge is really asked; invalid answers, and
+answers cut at max_tokens, are re-asked as in the pipeline. The merge gate is off: request
+throughput is what is timed. Valid rate: answers that parse under the schema and were not cut /
+answers.
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -39,9 +53,12 @@ from mergeit_core.records import Sample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_FILE = REPO_ROOT / "mergeit_core" / "sample_data" / "alpaca_sample.jsonl"
+MODES = ("shapes", "servers", "latency")
 SHAPES = ("llama_cpp", "vllm_offline", "vllm_server")
 CONCURRENCIES = (1, 8)
+LLAMA_MODEL = "smollm2"  # the model the vLLM shapes serve, converted
 SERVER_KEY_ENV = "MERGEIT_BENCH_VLLM_KEY"  # the local server checks no key; the client wants one
+SCRIPTED_KEY_ENV = "MERGEIT_BENCH_KEY"  # likewise for the scripted endpoints
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,7 @@ def timed_runs(
 
 
 def bench_llama_cpp(groups: list[MergeGroup], max_tokens: int, workdir: Path) -> list[Measurement]:
-    config = LLMConfig(backend="llama_cpp", max_tokens=max_tokens)
+    config = LLMConfig(backend="llama_cpp", model=LLAMA_MODEL, max_tokens=max_tokens)
     started = time.perf_counter()
     with open_backend(config) as backend:
         warm_up(backend, groups[0])
@@ -163,46 +180,88 @@ def bench_vllm_server(groups: list[MergeGroup], max_tokens: int, python: str, mo
             return timed_runs("vllm_server", groups, backend, config, time.perf_counter() - started, workdir)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=160)
-    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
-    parser.add_argument("--offline-worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    shapes = [shape for shape in args.shapes.split(",") if shape]
-    if unknown := set(shapes) - set(SHAPES):
-        parser.error(f"unknown shape(s): {', '.join(sorted(unknown))}")
+def bench_servers(groups: list[MergeGroup], max_tokens: int, servers: int, workdir: Path) -> None:
+    print(f"== embedded llama.cpp, single-thread servers: 1 vs {servers}, concurrency 8", flush=True)
+    reports: dict[int, MergeReport] = {}
+    for count in (1, servers):
+        config = LLMConfig(backend="llama_cpp", model=LLAMA_MODEL, max_tokens=max_tokens, concurrency=8, servers=count)
+        with open_backend(config) as backend:
+            warm_up(backend, groups[0])
+            cache = DuckDBResponseCache(workdir / f"servers-{count}.duckdb")
+            reports[count] = run_merges(groups, backend, cache, config, gate=None)
+        report = reports[count]
+        print(
+            f"{count} server(s): {len(report.outcomes)} groups in {report.wall_s:.1f}s = "
+            f"{len(report.outcomes) / report.wall_s:.3f} groups/s, {report.merged / report.wall_s:.3f} merges/s "
+            f"({report.merged} merged, {report.failed} failed, {report.requests} requests, "
+            f"{report.completion_tokens / report.wall_s:.1f} completion tokens/s)",
+            flush=True,
+        )
+    ratio = reports[1].wall_s / reports[servers].wall_s
+    print(f"ratio ({servers} servers / 1, groups per second): {ratio:.2f}x (goal on 2 cores: >= 1.7)")
 
+
+def bench_latency_bound(delay_s: float, workdir: Path) -> None:
+    # The tests' scripted server; imported here, as the vLLM venv running --offline-worker lacks
+    # what the tests need.
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from llm_support import Reply, ScriptedServer, in_order, merge_json
+
+    print(f"== latency-bound endpoint: every answer after {delay_s} s", flush=True)
+    os.environ.setdefault(SCRIPTED_KEY_ENV, "unused-by-a-local-server")
+    for endpoints in (1, 4):
+        with ExitStack() as stack:
+            servers = [
+                stack.enter_context(ScriptedServer(in_order(then=Reply(merge_json(), delay_s=delay_s))))
+                for _ in range(endpoints)
+            ]
+            for in_flight in (8, 32):
+                groups = [
+                    MergeGroup(f"lat-{endpoints}-{in_flight}-{i}", "bench", (Sample(f"a{i}", "", "x"), Sample(f"b{i}", "", "y")))
+                    for i in range(4 * in_flight)
+                ]
+                config = LLMConfig(
+                    backend="openai", model="scripted", base_url=",".join(s.base_url for s in servers),
+                    api_key_env=SCRIPTED_KEY_ENV, concurrency=in_flight,
+                )
+                cache = DuckDBResponseCache(workdir / f"latency-{endpoints}-{in_flight}.duckdb")
+                cpu_started = time.process_time()
+                with open_backend(config) as backend:
+                    report = run_merges(groups, backend, cache, config, gate=None)
+                # This process's CPU per merge (client, cache writes and the scripted server's
+                # threads): what bounds the rate when the CPU is shared, as on the 2-core machine.
+                cpu_ms = 1000 * (time.process_time() - cpu_started) / len(groups)
+                rate = len(report.outcomes) / report.wall_s
+                print(f"{endpoints} endpoint(s), N={in_flight}: {rate:.1f} merges/s = "
+                      f"{rate / (in_flight / delay_s):.2f} x N/delay (goal >= 0.9); {report.failed} failed; "
+                      f"{cpu_ms:.0f} ms CPU per merge in this process", flush=True)
+
+
+def bench_shapes(args: argparse.Namespace, shapes: list[str], workdir: Path) -> None:
     from mergeit_core.merge.vllm_server import converted_model_dir, missing_vllm_setup
 
     groups = load_groups(args.groups)
     model_dir = converted_model_dir()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.offline_worker:
-            for measurement in bench_vllm_offline_here(groups, args.max_tokens, model_dir, Path(tmp)):
-                print(json.dumps(asdict(measurement)))
-            return
-        python = os.environ.get("MERGEIT_VLLM_PYTHON", "")
-        missing = missing_vllm_setup(python, model_dir)
-        runs = {
-            "llama_cpp": lambda: bench_llama_cpp(groups, args.max_tokens, Path(tmp)),
-            "vllm_offline": lambda: bench_vllm_offline(args.groups, args.max_tokens, python, model_dir),
-            "vllm_server": lambda: bench_vllm_server(groups, args.max_tokens, python, model_dir, Path(tmp)),
-        }
-        measurements: list[Measurement] = []
-        for shape in shapes:
-            if shape != "llama_cpp" and missing:
-                print(f"{shape}: skipped, {missing}", flush=True)
-                continue
-            try:
-                measured = runs[shape]()
-            except Exception as error:  # the other shapes are still worth measuring
-                print(f"{shape}: failed, {type(error).__name__}: {str(error)[-2000:]}", flush=True)
-                continue
-            for measurement in measured:
-                print(measurement.row(), flush=True)
-            measurements += measured
+    python = os.environ.get("MERGEIT_VLLM_PYTHON", "")
+    missing = missing_vllm_setup(python, model_dir)
+    runs = {
+        "llama_cpp": lambda: bench_llama_cpp(groups, args.max_tokens, workdir),
+        "vllm_offline": lambda: bench_vllm_offline(args.groups, args.max_tokens, python, model_dir),
+        "vllm_server": lambda: bench_vllm_server(groups, args.max_tokens, python, model_dir, workdir),
+    }
+    measurements: list[Measurement] = []
+    for shape in shapes:
+        if shape != "llama_cpp" and missing:
+            print(f"{shape}: skipped, {missing}", flush=True)
+            continue
+        try:
+            measured = runs[shape]()
+        except Exception as error:  # the other shapes are still worth measuring
+            print(f"{shape}: failed, {type(error).__name__}: {str(error)[-2000:]}", flush=True)
+            continue
+        for measurement in measured:
+            print(measurement.row(), flush=True)
+        measurements += measured
     print(f"\nSmolLM2-135M-Instruct, {args.groups} groups, max_tokens {args.max_tokens}\n{TABLE_HEADER}")
     for measurement in measurements:
         print(measurement.row())
@@ -217,6 +276,37 @@ def main(argv: Sequence[str] | None = None) -> None:
             vllm = by_shape[(shape, 8)]
             print(f"{shape} vs llama_cpp at concurrency 8, merges per second: "
                   f"{(vllm.merged / vllm.wall_s) / (llama.merged / llama.wall_s):.2f}x")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="shapes", help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--groups", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--servers", type=int, default=2, help="servers mode: llama.cpp servers to compare with one")
+    parser.add_argument("--delay", type=float, default=1.0, help="latency mode: seconds before each answer")
+    parser.add_argument("--offline-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    modes = [mode for mode in args.modes.split(",") if mode]
+    shapes = [shape for shape in args.shapes.split(",") if shape]
+    if unknown := (set(modes) - set(MODES)) | (set(shapes) - set(SHAPES)):
+        parser.error(f"unknown mode(s) or shape(s): {', '.join(sorted(unknown))}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.offline_worker:
+            from mergeit_core.merge.vllm_server import converted_model_dir
+
+            groups = load_groups(args.groups)
+            for measurement in bench_vllm_offline_here(groups, args.max_tokens, converted_model_dir(), Path(tmp)):
+                print(json.dumps(asdict(measurement)))
+            return
+        if "shapes" in modes:
+            bench_shapes(args, shapes, Path(tmp))
+        if "servers" in modes:
+            bench_servers(load_groups(args.groups), args.max_tokens, args.servers, Path(tmp))
+        if "latency" in modes:
+            bench_latency_bound(args.delay, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -60,9 +60,8 @@ def pipeline_pairs(threshold: float) -> list[MergeGroup]:
         stages.ingest(db, [settings.BUNDLED_SAMPLE])
         stages.embed_missing(db)
         keys = sorted(stages.cluster_topics(db).sizes)
-        for key in keys:
-            stages.select_cluster(db, key)
-            stages.pair_cluster(db, key, threshold=threshold)
+        stages.select_clusters(db, keys)
+        stages.pair_clusters(db, keys, threshold=threshold)
         groups = sorted(load_merge_groups(db, keys), key=lambda group: group.group_id)
     saved.write_text(json.dumps([
         {"group_id": g.group_id, "cluster_key": g.cluster_key, "members": [m.as_dict() for m in g.members]}

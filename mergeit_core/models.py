@@ -124,16 +124,14 @@ def known_model_path(model: KnownModel, folder: Path | None = None) -> Path:
     return (folder or models_dir()) / model.file_name
 
 
-def gguf_for(model: str, *, fetch_missing: bool = True, progress: Progress = _to_stderr) -> Path:
-    """The GGUF file ``model`` names: a path to a .gguf, a known model's name, or empty for the
-    default ($MERGEIT_LLM_MODEL, else DEFAULT_MODEL; read here too because resources built in
-    code, not from the environment, leave the model empty).
-
-    A known model not yet in the models folder is fetched first (unless ``fetch_missing`` is off).
-    """
+def gguf_location(model: str) -> tuple[Path, KnownModel | None]:
+    """Where the GGUF file ``model`` names is, or will be once fetched, and the known model it
+    is (None for a path): ``model`` is a path to a .gguf, a known model's name, or empty for
+    the default ($MERGEIT_LLM_MODEL, else DEFAULT_MODEL; read here too because resources built
+    in code, not from the environment, leave the model empty). Fetches nothing."""
     model = model or os.environ.get(MODEL_ENV, "")
     if model and Path(model).is_file():
-        return Path(model)
+        return Path(model), None
     name = model or DEFAULT_MODEL
     known = KNOWN_MODELS.get(name)
     if known is None:
@@ -142,7 +140,15 @@ def gguf_for(model: str, *, fetch_missing: bool = True, progress: Progress = _to
         raise FileNotFoundError(
             f"unknown model {model!r}: give a .gguf path or one of {', '.join(KNOWN_MODELS)}"
         )
-    path = known_model_path(known)
+    return known_model_path(known), known
+
+
+def gguf_for(model: str, *, fetch_missing: bool = True, progress: Progress = _to_stderr) -> Path:
+    """The GGUF file ``model`` names (see ``gguf_location``). A known model not yet in the
+    models folder is fetched first (unless ``fetch_missing`` is off)."""
+    path, known = gguf_location(model)
+    if known is None:
+        return path
     if not path.is_file() and fetch_missing and not known.bundled:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Runs started together (one per cluster partition under `dagster dev`) fetch it once:

@@ -295,26 +295,37 @@ class SelectStats:
     kept_whole: bool
 
 
-def select_cluster(
-    db_path: str | Path, cluster_key: str, *, budget: int = select.DEFAULT_BUDGET, run_id: str | None = None
-) -> SelectStats:
-    with connect(db_path) as conn:
-        members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key})
-        exists = conn.execute("SELECT count(*) FROM clusters WHERE cluster_key = ?", [cluster_key]).fetchall()[0][0]
-    if not exists:
-        raise KeyError(f"cluster {cluster_key!r} does not exist: materialize topic_clusters first")
-    source_ids = members.column("source_id").to_pylist()
-    selection = select.select_facility_location(_matrix(members), budget)
+def _by_cluster(table: pa.Table, cluster_keys: Sequence[str]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Split rows ordered by cluster_key into each cluster's source ids and embedding matrix."""
+    keys = table.column("cluster_key").to_pylist()
+    source_ids = table.column("source_id").to_pylist()
+    matrix = _matrix(table)
+    parts: dict[str, tuple[list[str], np.ndarray]] = {
+        key: ([], np.zeros((0, embed.EMBEDDING_DIM), dtype=np.float32)) for key in cluster_keys
+    }
+    start = 0
+    for end in range(1, len(keys) + 1):
+        if end == len(keys) or keys[end] != keys[start]:
+            parts[keys[start]] = (source_ids[start:end], matrix[start:end])
+            start = end
+    return parts
+
+
+def _replace_clusters(
+    db_path: str | Path,
+    table: str,
+    cluster_keys: list[str],
+    run_id: str | None,
+    settings: Mapping[str, object],
+    columns: dict[str, object],
+) -> None:
+    """Replace the clusters' rows of a per-cluster table and note the memberships and settings
+    they came from."""
     with connect(db_path) as conn, transaction(conn):
-        conn.execute("DELETE FROM selected_subset WHERE cluster_key = ?", [cluster_key])
-        insert_columns(conn, "selected_subset", {
-            "source_id": [source_ids[i] for i in selection.indices],
-            "cluster_key": [cluster_key] * len(selection.indices),
-            "selection_rank": pa.array(range(1, len(selection.indices) + 1), pa.int32()),
-            "marginal_gain": pa.array(selection.gains, pa.float64()),
-        })
-        record_partition_membership(conn, "selected_subset", cluster_key, run_id, {"budget": budget})
-    return SelectStats(cluster_key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
+        conn.execute(f"DELETE FROM {table} WHERE list_contains(?, cluster_key)", [cluster_keys])
+        insert_columns(conn, table, columns)
+        for key in cluster_keys:
+            record_partition_membership(conn, table, key, run_id, settings)
 
 
 def select_clusters(
@@ -325,16 +336,39 @@ def select_clusters(
     run_id: str | None = None,
     progress: ProgressReporter = NO_PROGRESS,
 ) -> list[SelectStats]:
-    tracker = progress.stage("select", total=len(cluster_keys), unit="clusters")
-    results: list[SelectStats] = []
-    for key in cluster_keys:
-        results.append(select_cluster(db_path, key, budget=budget, run_id=run_id))
-        tracker.advance(
-            1, cluster=f"{key} {results[-1].selected}/{results[-1].cluster_size}",
-            selected=sum(r.selected for r in results),
-        )
+    """Select in each cluster; one read and one write transaction for all of them, since a
+    connection costs more than a small cluster's selection."""
+    keys = list(cluster_keys)
+    with connect(db_path) as conn:
+        members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
+        existing = {key for (key,) in run_sql(conn, "pipeline/existing_clusters.sql", {"cluster_keys": keys}).fetchall()}
+    missing = [key for key in keys if key not in existing]
+    if missing:
+        raise KeyError(f"cluster(s) {missing} do not exist: materialize topic_clusters first")
+    tracker = progress.stage("select", total=len(keys), unit="clusters")
+    selections: dict[str, tuple[list[str], select.Selection]] = {}
+    selected = 0
+    for key, (source_ids, matrix) in _by_cluster(members, keys).items():
+        selection = select.select_facility_location(matrix, budget)
+        selections[key] = (source_ids, selection)
+        selected += len(selection.indices)
+        tracker.advance(1, cluster=f"{key} {len(selection.indices)}/{len(source_ids)}", selected=selected)
+    rows = [
+        (source_ids[index], key, rank, gain)
+        for key, (source_ids, selection) in selections.items()
+        for rank, (index, gain) in enumerate(zip(selection.indices, selection.gains), start=1)
+    ]
+    _replace_clusters(db_path, "selected_subset", keys, run_id, {"budget": budget}, {
+        "source_id": [r[0] for r in rows],
+        "cluster_key": [r[1] for r in rows],
+        "selection_rank": pa.array([r[2] for r in rows], pa.int32()),
+        "marginal_gain": pa.array([r[3] for r in rows], pa.float64()),
+    })
     tracker.finish()
-    return results
+    return [
+        SelectStats(key, len(source_ids), len(selection.indices), selection.gains[:1] == (None,))
+        for key, (source_ids, selection) in selections.items()
+    ]
 
 
 # --- merge_pairs ---------------------------------------------------------------------------------
@@ -349,40 +383,6 @@ class PairStats:
     mean_similarity: float | None
 
 
-def pair_cluster(
-    db_path: str | Path,
-    cluster_key: str,
-    *,
-    threshold: float = 0.55,
-    max_group_size: int = 2,
-    run_id: str | None = None,
-) -> PairStats:
-    with connect(db_path) as conn:
-        selected = fetch_table(conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_key": cluster_key})
-    source_ids = selected.column("source_id").to_pylist()
-    similarity = pairing.cosine_similarity_matrix(_matrix(selected))
-    groups = pairing.similarity_groups(similarity, threshold, max_group_size)
-    rows = [
-        (group_id([source_ids[i] for i in group.members]), source_ids[member], index, sim)
-        for group in groups
-        for index, (member, sim) in enumerate(zip(group.members, group.similarities))
-    ]
-    with connect(db_path) as conn, transaction(conn):
-        conn.execute("DELETE FROM merge_pairs WHERE cluster_key = ?", [cluster_key])
-        insert_columns(conn, "merge_pairs", {
-            "group_id": [r[0] for r in rows],
-            "cluster_key": [cluster_key] * len(rows),
-            "source_id": [r[1] for r in rows],
-            "member_index": pa.array([r[2] for r in rows], pa.int32()),
-            "similarity": pa.array([r[3] for r in rows], pa.float64()),
-        })
-        record_partition_membership(
-            conn, "merge_pairs", cluster_key, run_id, {"threshold": threshold, "max_group_size": max_group_size}
-        )
-    sims = [r[3] for r in rows]
-    return PairStats(cluster_key, len(source_ids), len(groups), len(rows), float(np.mean(sims)) if sims else None)
-
-
 def pair_clusters(
     db_path: str | Path,
     cluster_keys: Sequence[str],
@@ -392,15 +392,35 @@ def pair_clusters(
     run_id: str | None = None,
     progress: ProgressReporter = NO_PROGRESS,
 ) -> list[PairStats]:
-    tracker = progress.stage("pair", total=len(cluster_keys), unit="clusters")
-    results: list[PairStats] = []
-    for key in cluster_keys:
-        results.append(
-            pair_cluster(db_path, key, threshold=threshold, max_group_size=max_group_size, run_id=run_id)
-        )
-        tracker.advance(1, cluster=f"{key} {results[-1].groups} groups", groups=sum(r.groups for r in results))
+    """Merge groups in each cluster's selection; one read and one write transaction for all."""
+    keys = list(cluster_keys)
+    with connect(db_path) as conn:
+        selected = fetch_table(conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
+    tracker = progress.stage("pair", total=len(keys), unit="clusters")
+    rows: list[tuple[str, str, str, int, float]] = []
+    stats: list[PairStats] = []
+    for key, (source_ids, matrix) in _by_cluster(selected, keys).items():
+        groups = pairing.similarity_groups(pairing.cosine_similarity_matrix(matrix), threshold, max_group_size)
+        cluster_rows = [
+            (group_id([source_ids[i] for i in group.members]), key, source_ids[member], index, sim)
+            for group in groups
+            for index, (member, sim) in enumerate(zip(group.members, group.similarities))
+        ]
+        sims = [r[4] for r in cluster_rows]
+        stats.append(PairStats(key, len(source_ids), len(groups), len(cluster_rows), float(np.mean(sims)) if sims else None))
+        rows += cluster_rows
+        tracker.advance(1, cluster=f"{key} {len(groups)} groups", groups=sum(r.groups for r in stats))
+    _replace_clusters(
+        db_path, "merge_pairs", keys, run_id, {"threshold": threshold, "max_group_size": max_group_size}, {
+            "group_id": [r[0] for r in rows],
+            "cluster_key": [r[1] for r in rows],
+            "source_id": [r[2] for r in rows],
+            "member_index": pa.array([r[3] for r in rows], pa.int32()),
+            "similarity": pa.array([r[4] for r in rows], pa.float64()),
+        },
+    )
     tracker.finish()
-    return results
+    return stats
 
 
 # --- merged_dataset ------------------------------------------------------------------------------

@@ -177,3 +177,13 @@ ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_repetition DOUBLE;
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_answer_margin DOUBLE;
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_output_ratio DOUBLE;
 ALTER TABLE merged_samples ADD COLUMN IF NOT EXISTS gate_instruction_is_task DOUBLE;  -- 1.0: the instruction asks
+-- The last run of the whole graph that left nothing to retry: what it read (source file hashes),
+-- with which settings, and the database it left. A rerun whose inputs and database still match
+-- has nothing to do. One row at most.
+CREATE TABLE IF NOT EXISTS complete_runs (
+    run_id          VARCHAR NOT NULL,   -- the Dagster run that built merged_dataset
+    sources_hash    VARCHAR NOT NULL,
+    settings_hash   VARCHAR NOT NULL,
+    database_stamp  VARCHAR NOT NULL,
+    finished_at     TIMESTAMP NOT NULL
+);

@@ -55,8 +55,9 @@ def resources_for(db: Path, sources: list[str], **pipeline_settings) -> dict[str
 def test_whole_graph_every_partition_on_a_temporary_instance(source_dir: Path, db_path: Path) -> None:
     resources = resources_for(db_path, [str(source_dir)], selection_budget=10)
     with dg.instance_for_test() as instance:
-        results = pipeline.run_all(instance, resources)
-        assert all(result.success for result in results)
+        graph_run = pipeline.run_all(instance, resources)
+        results = graph_run.results
+        assert graph_run.success and graph_run.unchanged_since is None
         keys = instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME)
         for asset in PER_CLUSTER_ASSETS:
             assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(keys)

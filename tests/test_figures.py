@@ -63,7 +63,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             "llm": LLMResource(backend="openai", base_url=server.base_url, model="scripted",
                                api_key_env="MERGEIT_TEST_KEY", concurrency=4),
         }
-        assert all(result.success for result in pipeline.run_all(instance, resources))
+        assert pipeline.run_all(instance, resources).success
         yield run
 
 

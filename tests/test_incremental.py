@@ -83,7 +83,7 @@ def test_new_file_reruns_only_what_it_affects(platform: Platform, llama_server: 
     settled(write_jsonl(platform.folder / "base.jsonl", rows[:200]))
     first = platform.source_tick()
     assert isinstance(first, dg.RunRequest)
-    assert all(r.success for r in pipeline.run_all(platform.instance, platform.resources))
+    assert pipeline.run_all(platform.instance, platform.resources).success
     clusters_before, groups_before = platform.clusters(), platform.groups()
     assert platform.stale_cluster_requests() == []  # the initial run covered every partition
     # The automation daemon's view before the change: nothing for merged_dataset to do.
@@ -151,7 +151,7 @@ def test_deleting_a_source_file_retires_its_rows_without_dangling_lineage(platfo
     settled(write_jsonl(platform.folder / "keep.jsonl", rows[:60]))
     doomed = settled(write_jsonl(platform.folder / "doomed.jsonl", rows[60:90]))
     assert isinstance(platform.source_tick(), dg.RunRequest)
-    assert all(r.success for r in pipeline.run_all(platform.instance, platform.resources))
+    assert pipeline.run_all(platform.instance, platform.resources).success
     with connect(platform.db) as conn:
         from_doomed = conn.execute(
             "SELECT count(*) FROM lineage WHERE source_file LIKE '%doomed.jsonl'").fetchall()[0][0]

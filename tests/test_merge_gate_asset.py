@@ -56,8 +56,8 @@ def test_only_genuine_merges_reach_the_dataset(tmp_path: Path, monkeypatch: pyte
     }
     with ScriptedServer(answer) as server, dg.instance_for_test() as instance:
         llm = LLMResource(backend="openai", base_url=server.base_url, model="scripted", api_key_env="MERGEIT_TEST_KEY")
-        results = pipeline.run_all(instance, {**resources, "llm": llm})
-        assert all(result.success for result in results)
+        graph_run = pipeline.run_all(instance, {**resources, "llm": llm})
+        assert graph_run.success
         asked = server.request_count
 
         groups = {
@@ -83,7 +83,7 @@ def test_only_genuine_merges_reach_the_dataset(tmp_path: Path, monkeypatch: pyte
         # The figures are stored on every row the gate judged: one coverage per member.
         assert scalar(db_path, "SELECT count(*) FROM merged_samples WHERE len(gate_instruction_coverage) <> 2 "
                                "OR gate_copy_similarity IS NULL OR gate_repetition IS NULL") == 0
-        metadata = results[1].asset_materializations_for_node("merged_samples")[0].metadata
+        metadata = graph_run.results[1].asset_materializations_for_node("merged_samples")[0].metadata
         rejected = sum(status == "rejected" for status, _ in groups.values())
         assert metadata["run_rejected_by_gate"].value == rejected
         assert sum(metadata["run_gate_reasons"].value.values()) == rejected

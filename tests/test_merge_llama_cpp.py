@@ -12,6 +12,7 @@ import pytest
 
 from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
+from mergeit_core.merge.endpoint_pool import EndpointPool
 from mergeit_core.merge.engine import MergeGroup, run_merges
 from mergeit_core.merge.llama_server import LlamaCppServer, default_gguf_path
 from mergeit_core.merge.llm import LLMConfig, LLMUnavailableError, StructuredOutputForm
@@ -127,16 +128,16 @@ def test_the_server_runs_in_its_own_process_group_which_is_gone_after_the_block(
 
 
 def test_real_merges_come_back_schema_valid(tmp_path: Path) -> None:
-    config = LLMConfig(backend="llama_cpp", max_tokens=200, concurrency=2, n_ctx=4096)
+    # Two single-thread servers behind the endpoint pool, as `mergeit run` starts them on 2 cores.
+    config = LLMConfig(backend="llama_cpp", max_tokens=200, concurrency=2, n_ctx=4096, servers=2)
     groups = [MergeGroup(f"g{i}", "c0", members) for i, members in enumerate(ALPACA_GROUPS)]
 
     with open_backend(config) as backend:
-        assert isinstance(backend, OpenAICompatibleBackend) and backend.base_url is not None
-        assert backend.model == default_gguf_path().name
+        assert isinstance(backend, EndpointPool) and backend.model == default_gguf_path().name
         report = run_merges(
             groups, backend, DuckDBResponseCache(tmp_path / "m.duckdb"), config, invalid_retries=2
         )
-        base_url = backend.base_url
+        base_urls = [endpoint.backend.base_url for endpoint in backend.endpoints]
 
     # Kept or rejected by the merge gate, an answer that parsed is schema-valid (SmolLM2-135M can
     # run out of tokens mid-string; the schema still holds for what parses).
@@ -145,5 +146,6 @@ def test_real_merges_come_back_schema_valid(tmp_path: Path) -> None:
     for outcome in parsed:
         assert outcome.sample is not None and outcome.sample.instruction and outcome.sample.output
     assert report.completion_tokens > 0 and report.prompt_tokens > 0
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{base_url}/models", timeout=2)
+    for base_url in base_urls:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base_url}/models", timeout=2)

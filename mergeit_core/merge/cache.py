@@ -70,10 +70,13 @@ _CONNECTION_LOCK = threading.Lock()
 
 
 class DuckDBResponseCache:
-    """Thread-safe; each call is one short connection, each ``put`` its own transaction."""
+    """Thread-safe; each call is one short connection, and ``put`` commits its row, together with
+    any that arrived while the previous write was under way."""
 
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path)
+        self._pending: list[list[object]] = []
+        self._pending_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DuckDBResponseCache({str(self.db_path)!r})"
@@ -105,24 +108,40 @@ class DuckDBResponseCache:
         completion_tokens: int | None,
         finish_reason: str | None = None,
     ) -> None:
-        with _CONNECTION_LOCK, connect(self.db_path) as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, "
-                "response, prompt_tokens, completion_tokens, finish_reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    key,
-                    purpose,
-                    model,
-                    prompt_version,
-                    valid,
-                    response,
-                    prompt_tokens,
-                    completion_tokens,
-                    finish_reason,
-                    _utc_now(),
-                ],
-            )
+        """Returns once the answer is committed. Answers arriving while another is being written
+        are committed together by the next writer (one connection for all), so many requests
+        in flight do not queue one connection each."""
+        row = [
+            key,
+            purpose,
+            model,
+            prompt_version,
+            valid,
+            response,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+            _utc_now(),
+        ]
+        with self._pending_lock:
+            self._pending.append(row)
+        with _CONNECTION_LOCK:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return  # a writer that held the lock before us committed this row with its own
+            try:
+                with connect(self.db_path) as conn:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, "
+                        "response, prompt_tokens, completion_tokens, finish_reason, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        batch,
+                    )
+            except BaseException:
+                with self._pending_lock:  # the waiting writers' rows go back for the next one
+                    self._pending[:0] = [r for r in batch if r is not row]
+                raise
 
     def get_gate_figures(self, keys: Iterable[str], version: str) -> dict[str, dict]:
         """The merge gate's figures stored for these answers' cache keys under ``version``."""

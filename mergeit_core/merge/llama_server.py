@@ -11,15 +11,17 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Self
 
 import httpx
 
-from mergeit_core.models import KNOWN_MODELS, default_gguf_path, gguf_for
+from mergeit_core.models import KNOWN_MODELS, default_gguf_path, gguf_for, gguf_location
 from mergeit_core.settings import SettingError
 
-__all__ = ["LlamaCppServer", "default_gguf_path", "llama_model_path"]
+__all__ = ["LlamaCppServer", "default_gguf_path", "llama_cpp_servers", "llama_model_alias", "llama_model_path"]
 
 
 def _free_local_port() -> int:
@@ -240,6 +242,36 @@ def descendant_pids(pid: int) -> list[int]:
     return found
 
 
+# Each llama-cpp-python server answers one request at a time, so the cores are shared out among
+# several servers; past a few, each extra server costs its own KV cache for little gain.
+MAX_DEFAULT_SERVERS = 4
+
+
+def server_layout(servers: int | None = None) -> tuple[int, int]:
+    """(servers, threads per server) for this machine: by default one single-thread server per
+    usable core up to MAX_DEFAULT_SERVERS, the cores then shared out evenly."""
+    cpus = _usable_cpus()
+    count = servers or min(cpus, MAX_DEFAULT_SERVERS)
+    return count, max(cpus // count, 1)
+
+
+@contextlib.contextmanager
+def llama_cpp_servers(
+    model_path: Path, *, servers: int | None = None, n_ctx: int = 4096
+) -> Iterator[list[LlamaCppServer]]:
+    """``servers`` embedded servers of one model, started side by side (each loads the model:
+    seconds), all stopped when the block ends or any of them fails to start."""
+    count, threads = server_layout(servers)
+    started = [LlamaCppServer(model_path, n_ctx=n_ctx, threads=threads) for _ in range(count)]
+    with contextlib.ExitStack() as stack:
+        for server in started:
+            stack.callback(server.stop)  # stop() is harmless on a server that never started
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            for future in [pool.submit(server.__enter__) for server in started]:
+                future.result()
+        yield started
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(pgid, signum)
@@ -259,3 +291,10 @@ def llama_model_path(model: str) -> Path:
     """A .gguf path, a known model's name (fetched on first use) or empty for the default model."""
     check_llama_model(model)
     return gguf_for(model)
+
+
+def llama_model_alias(model: str) -> str:
+    """The name the embedded server serves ``model`` under (its GGUF's file name), known without
+    fetching the model or starting a server."""
+    check_llama_model(model)
+    return gguf_location(model)[0].name

@@ -46,6 +46,8 @@ class LLMConfig:
     backend: BackendName = "llama_cpp"
     # llama_cpp: a .gguf path, or anything else for the bundled SmolLM2; otherwise the model name.
     model: str = ""
+    # One endpoint, or several serving the same model separated by commas (requests are spread
+    # over them by load; see endpoint_pool).
     base_url: str | None = None
     # The NAME of the variable holding the key; the key is read when a client is built.
     api_key_env: str = "OPENAI_API_KEY"
@@ -73,6 +75,8 @@ class LLMConfig:
     vllm_enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on a GPU
     vllm_dtype: str = "auto"
     vllm_max_model_len: int = 4096  # prompt + answer; also bounds the KV cache one request needs
+    # llama_cpp: how many embedded servers share the cores (None: from the CPU count).
+    servers: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in DEFAULT_STRUCTURED_OUTPUT:
@@ -102,8 +106,16 @@ class LLMConfig:
                 raise SettingError(f"{name} must be positive, got {value}")
         if self.repeat_penalty is not None and self.repeat_penalty <= 0:
             raise SettingError(f"repeat_penalty must be positive, got {self.repeat_penalty}")
+        if self.servers is not None and self.servers < 1:
+            raise SettingError(f"servers must be at least 1, got {self.servers}")
         if self.max_retries < 0:
             raise SettingError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    @property
+    def base_urls(self) -> list[str | None]:
+        """The endpoints ``base_url`` names; [None] (the SDK's default URL) when it names none."""
+        urls = [url.strip() for url in (self.base_url or "").split(",") if url.strip()]
+        return urls or [None]
 
     @property
     def structured_output_form(self) -> StructuredOutputForm:

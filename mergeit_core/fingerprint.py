@@ -1,0 +1,126 @@
+"""Proving that a run of the whole graph has nothing to do, cheaply.
+
+A run's inputs are the bytes of its source files and the settings that shape results. After a
+run that left nothing to retry, they are recorded with a stamp of the database it left. A later
+run whose inputs hash the same, on a database whose stamp has not moved (no stage wrote since,
+from `mergeit run`, the UI or a sensor), would recompute exactly what is there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from mergeit_core import embed
+from mergeit_core.ingest import scan_source_paths
+from mergeit_core.merge.backends import model_identity
+from mergeit_core.merge.gate import GateThresholds
+from mergeit_core.merge.llm import LLMConfig
+from mergeit_core.merge.prompt import PROMPT_VERSION, SCORE_PROMPT_VERSION
+from mergeit_core.records import stable_hash
+from mergeit_core.store import connect, run_sql
+from mergeit_core.watch import file_sha256
+
+# Settings that change how fast, not what: a rerun that changes only these has nothing to redo.
+HOW_NOT_WHAT = frozenset({
+    "concurrency",
+    "servers",
+    "request_timeout_s",
+    "total_timeout_s",
+    "max_retries",
+    "embed_batch_size",
+    "vllm_kv_cache_bytes",
+})
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    sources_hash: str
+    settings_hash: str
+
+
+@dataclass(frozen=True)
+class CompleteRun:
+    run_id: str
+    sources_hash: str
+    settings_hash: str
+    database_stamp: str
+    finished_at: datetime
+
+
+def run_inputs(
+    sources: Sequence[str | Path],
+    pipeline: Mapping[str, object],
+    llm: LLMConfig,
+    *,
+    quality_gate: bool,
+    merge_gate: GateThresholds | None,
+) -> RunInputs:
+    """Hashes of the sources and of the settings that shape results.
+
+    Sources: every source file's bytes (by path), and the paths met in source folders that are
+    not read (the summary counts them). Settings: the pipeline's and the LLM's as given, less
+    those in HOW_NOT_WHAT; what the stages resolve them to (the model the backend will report,
+    which an empty model leaves to $MERGEIT_LLM_MODEL or the default; the structured-output
+    form; the sampling parameters); the merge gate (None: off) with its thresholds and the
+    quality gate; and the settings fixed in code: the embedding model and the prompt versions.
+    """
+    scan = scan_source_paths(sources)
+    files = [(str(path), file_sha256(path)) for path in scan.files]
+    unread = [(entry.source_file, entry.status, entry.reason) for entry in scan.skipped]
+    shaping = {
+        "pipeline": _without_how(pipeline, also={"sources"}),  # the files they resolve to are hashed
+        "llm": _without_how(asdict(llm)),
+        "model": model_identity(llm),
+        "structured_output_form": llm.structured_output_form,
+        "sampling_params": llm.sampling_params(),
+        "quality_gate": quality_gate,
+        "merge_gate": asdict(merge_gate) if merge_gate is not None else None,
+        "embedding_model": embed.MODEL_NAME,
+        "prompt_version": PROMPT_VERSION,
+        "score_prompt_version": SCORE_PROMPT_VERSION,
+    }
+    return RunInputs(stable_hash([files, unread], length=64), stable_hash(shaping, length=64))
+
+
+def _without_how(settings: Mapping[str, object], also: Iterable[str] = ()) -> dict[str, object]:
+    left_out = HOW_NOT_WHAT.union(also)
+    return {name: value for name, value in settings.items() if name not in left_out}
+
+
+def database_stamp(db_path: str | Path) -> str:
+    with connect(db_path) as conn:
+        values = run_sql(conn, "pipeline/database_stamp.sql").fetchall()[0]
+    return stable_hash([str(value) for value in values], length=64)
+
+
+def last_complete_run(db_path: str | Path) -> CompleteRun | None:
+    with connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT run_id, sources_hash, settings_hash, database_stamp, finished_at FROM complete_runs"
+        ).fetchall()
+    return CompleteRun(*rows[0]) if rows else None
+
+
+def untouched_since(db_path: str | Path, run: CompleteRun | None) -> bool:
+    """Whether nothing has written to the database since ``run`` recorded it."""
+    return run is not None and database_stamp(db_path) == run.database_stamp
+
+
+def record_complete_run(db_path: str | Path, run_id: str, inputs: RunInputs, finished_at: datetime) -> bool:
+    """Record the run just finished, unless a rerun would still ask the LLM for something (a
+    failed merge without a cached answer): then the next run must not be skipped."""
+    with connect(db_path) as conn:
+        [(retryable,)] = run_sql(conn, "pipeline/retryable_failures.sql").fetchall()
+        conn.execute("DELETE FROM complete_runs")
+    if retryable:
+        return False
+    stamp = database_stamp(db_path)  # after the DELETE: complete_runs is not part of the stamp
+    with connect(db_path) as conn:
+        conn.execute(
+            "INSERT INTO complete_runs VALUES (?, ?, ?, ?, ?)",
+            [run_id, inputs.sources_hash, inputs.settings_hash, stamp, finished_at],
+        )
+    return True
