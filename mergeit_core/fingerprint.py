@@ -8,6 +8,7 @@ from `mergeit run`, the UI or a sensor), would recompute exactly what is there.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -20,7 +21,7 @@ from mergeit_core.merge.gate import GateThresholds
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.merge.prompt import PROMPT_VERSION, SCORE_PROMPT_VERSION
 from mergeit_core.records import stable_hash
-from mergeit_core.store import connect, run_sql
+from mergeit_core.store import connect, run_sql, sql_dir
 from mergeit_core.watch import file_sha256
 
 # Settings that change how fast, not what: a rerun that changes only these has nothing to redo.
@@ -65,7 +66,8 @@ def run_inputs(
     those in HOW_NOT_WHAT; what the stages resolve them to (the model the backend will report,
     which an empty model leaves to $MERGEIT_LLM_MODEL or the default; the structured-output
     form; the sampling parameters); the merge gate (None: off) with its thresholds and the
-    quality gate; and the settings fixed in code: the embedding model and the prompt versions.
+    quality gate; and the settings fixed in code: the embedding model, the prompt versions and
+    the code itself (mergeit_core and its SQL), so an upgrade recomputes.
     """
     scan = scan_source_paths(sources)
     files = [(str(path), file_sha256(path)) for path in scan.files]
@@ -81,8 +83,19 @@ def run_inputs(
         "embedding_model": embed.MODEL_NAME,
         "prompt_version": PROMPT_VERSION,
         "score_prompt_version": SCORE_PROMPT_VERSION,
+        "code": code_hash(),
     }
     return RunInputs(stable_hash([files, unread], length=64), stable_hash(shaping, length=64))
+
+
+def code_hash(roots: Sequence[Path] | None = None) -> str:
+    """The bytes of every Python and SQL file under ``roots`` (default: mergeit_core and its SQL
+    folder), by relative path."""
+    digest = hashlib.sha256()
+    for root in roots or (Path(__file__).resolve().parent, sql_dir()):
+        for path in sorted([*root.rglob("*.py"), *root.rglob("*.sql")]):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _without_how(settings: Mapping[str, object], also: Iterable[str] = ()) -> dict[str, object]:

@@ -96,3 +96,22 @@ def test_source_bytes_and_unread_files_change_the_sources_hash(sources: Path) ->
     write_jsonl(sources / "part1.jsonl", bundled_rows()[1:21])
     assert inputs(sources).sources_hash not in (before.sources_hash, with_notes.sources_hash)
     assert inputs(sources).settings_hash == before.settings_hash
+
+
+def test_a_change_to_the_code_changes_the_code_hash(tmp_path: Path) -> None:
+    package, sql = tmp_path / "package", tmp_path / "sql"
+    (package / "merge").mkdir(parents=True)
+    sql.mkdir()
+    (package / "merge" / "gate.py").write_text("THRESHOLD = 0.2\n", encoding="utf-8")
+    (sql / "schema.sql").write_text("SELECT 1;\n", encoding="utf-8")
+    before = fingerprint.code_hash([package, sql])
+    (package / "merge" / "gate.py").write_text("THRESHOLD = 0.3\n", encoding="utf-8")
+    after_code = fingerprint.code_hash([package, sql])
+    (sql / "schema.sql").write_text("SELECT 2;\n", encoding="utf-8")
+    assert len({before, after_code, fingerprint.code_hash([package, sql])}) == 3
+
+
+def test_the_code_counts_among_the_settings(sources: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = inputs(sources)
+    monkeypatch.setattr(fingerprint, "code_hash", lambda: "another version of mergeit")
+    assert inputs(sources).settings_hash != before.settings_hash

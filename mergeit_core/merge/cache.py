@@ -82,19 +82,23 @@ class DuckDBResponseCache:
         return f"DuckDBResponseCache({str(self.db_path)!r})"
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CachedResponse]:
-        wanted = list(dict.fromkeys(keys))
-        if not wanted:
-            return {}
-        with _CONNECTION_LOCK, connect(self.db_path) as conn:
-            rows = conn.execute(
-                "SELECT cache_key, response, valid, prompt_tokens, completion_tokens, finish_reason "
-                "FROM llm_cache WHERE cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
-                [wanted],
-            ).fetchall()
+        rows = self._rows_for_keys(
+            "SELECT cache_key, response, valid, prompt_tokens, completion_tokens, finish_reason "
+            "FROM llm_cache WHERE cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
+            keys,
+        )
         return {
             key: CachedResponse(response, valid, prompt, completion, finish_reason)
             for key, response, valid, prompt, completion, finish_reason in rows
         }
+
+    def _rows_for_keys(self, query: str, keys: Iterable[str], *params: object) -> list[tuple]:
+        """``query``'s rows, its last parameter bound to the distinct ``keys``."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return []
+        with _CONNECTION_LOCK, connect(self.db_path) as conn:
+            return conn.execute(query, [*params, wanted]).fetchall()
 
     def put(
         self,
@@ -145,15 +149,12 @@ class DuckDBResponseCache:
 
     def get_gate_figures(self, keys: Iterable[str], version: str) -> dict[str, dict]:
         """The merge gate's figures stored for these answers' cache keys under ``version``."""
-        wanted = list(dict.fromkeys(keys))
-        if not wanted:
-            return {}
-        with _CONNECTION_LOCK, connect(self.db_path) as conn:
-            rows = conn.execute(
-                "SELECT cache_key, figures FROM gate_figures "
-                "WHERE figures_version = ? AND cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
-                [version, wanted],
-            ).fetchall()
+        rows = self._rows_for_keys(
+            "SELECT cache_key, figures FROM gate_figures "
+            "WHERE figures_version = ? AND cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
+            keys,
+            version,
+        )
         return {key: json.loads(figures) for key, figures in rows}
 
     def put_gate_figures(self, key: str, version: str, figures: Mapping[str, object]) -> None:
