@@ -145,6 +145,9 @@ def main() -> None:
             "MERGEIT_LLM_MODEL": "scripted",
             "MERGEIT_LLM_BASE_URL": llm.base_url,
             "MERGEIT_LLM_API_KEY_ENV": KEY_ENV,
+            # The merge gate judges the LLM's answers (post-LLM work, measured by
+            # bench_merge_gate.py); the scripted answers are placeholders it would only reject.
+            "MERGEIT_MERGE_GATE": "0",
         }
         command = [
             sys.executable, "-m", "mergeit_assets.cli", "run", "--db", str(work / "mergeit.duckdb"),

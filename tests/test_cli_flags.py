@@ -4,6 +4,7 @@ endpoint, through the installed command as a user runs it. Bad values are refuse
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +49,34 @@ def flagged_run(sources: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
         "MERGEIT_MAX_GROUP_SIZE": "2", "MERGEIT_LLM_BACKEND": "llama_cpp", "MERGEIT_LLM_MODEL": "",
         "MERGEIT_LLM_CONCURRENCY": "8", "MERGEIT_LLM_STRUCTURED_OUTPUT": "json_schema", "OPENAI_API_KEY": "unused",
     }
+    argv = (
+        "run", str(single), str(folder), "--db", "flags.duckdb",
+        "--llm", "openai", "--model", MODEL,
+        "--structured-output", "json_object_schema", "--concurrency", "3",
+        "--budget", "12", "--threshold", "0.35", "--max-group-size", "3", "--quality-gate",
+    )
     with ScriptedServer(scripted_answer) as server:
-        result = run_mergeit(
-            "run", str(single), str(folder), "--db", "flags.duckdb",
-            "--llm", "openai", "--base-url", server.base_url, "--model", MODEL,
-            "--structured-output", "json_object_schema", "--concurrency", "3",
-            "--budget", "12", "--threshold", "0.35", "--max-group-size", "3", "--quality-gate",
-            cwd=workdir, env=contrary_env,
-        )
+        result = run_mergeit(*argv, "--base-url", server.base_url, cwd=workdir, env=contrary_env)
         requests = [r.body for r in server.requests]
         max_in_flight = server.max_in_flight
     assert result.returncode == 0, result.stderr[-4000:]
-    return workdir / "flags.duckdb", result, requests, max_in_flight
+    return workdir / "flags.duckdb", result, requests, max_in_flight, (argv, server.base_url, contrary_env)
+
+
+def test_the_same_command_again_proves_nothing_changed_and_reruns_nothing(flagged_run) -> None:
+    db, first, _, _, (argv, base_url, env) = flagged_run
+    dataset = rows(db, "SELECT sample_id, instruction FROM merged_dataset ORDER BY ALL")
+    # The endpoint is gone: any request would fail the run.
+    again = run_mergeit(*argv, "--base-url", base_url, cwd=db.parent, env=env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "nothing changed since run" in again.stdout, again.stdout
+    assert rows(db, "SELECT sample_id, instruction FROM merged_dataset ORDER BY ALL") == dataset
+    final = re.compile(r"final rows (\d+)")
+    assert final.search(again.stdout).group(1) == final.search(first.stdout).group(1)
 
 
 def test_sources_flags_replace_the_bundled_sample(flagged_run, sources) -> None:
-    db, result, _, _ = flagged_run
+    db, result, *_ = flagged_run
     single, folder = sources
     files = {f for (f,) in rows(db, "SELECT source_file FROM source_files")}
     assert files == {str(single), str(folder / "a.jsonl"), str(folder / "b.jsonl")}
@@ -71,7 +84,7 @@ def test_sources_flags_replace_the_bundled_sample(flagged_run, sources) -> None:
 
 
 def test_budget_bounds_every_cluster_selection(flagged_run) -> None:
-    db, _, _, _ = flagged_run
+    db, *_ = flagged_run
     per_cluster = rows(db, "SELECT cluster_key, count(*) FROM selected_subset GROUP BY ALL")
     sizes = dict(rows(db, "SELECT cluster_key, size FROM clusters"))
     assert per_cluster and all(n == min(12, sizes[key]) for key, n in per_cluster)
@@ -79,7 +92,7 @@ def test_budget_bounds_every_cluster_selection(flagged_run) -> None:
 
 
 def test_threshold_and_group_size_shape_the_merge_groups(flagged_run) -> None:
-    db, _, _, _ = flagged_run
+    db, *_ = flagged_run
     [(lowest, largest, groups)] = rows(db, """
         SELECT min(similarity), max(members), count(*) FROM (
             SELECT group_id, min(similarity) AS similarity, count(*) AS members FROM merge_pairs GROUP BY group_id)""")
@@ -88,7 +101,7 @@ def test_threshold_and_group_size_shape_the_merge_groups(flagged_run) -> None:
 
 
 def test_llm_flags_reach_the_endpoint_and_the_provenance(flagged_run) -> None:
-    db, _, requests, max_in_flight = flagged_run
+    db, _, requests, max_in_flight, _ = flagged_run
     assert requests and {body["model"] for body in requests} == {MODEL}
     # --structured-output json_object_schema: llama.cpp's form, not the OpenAI json_schema form
     assert {body["response_format"]["type"] for body in requests} == {"json_object"}
@@ -156,7 +169,7 @@ def test_lineage_and_export_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_export_to_an_unknown_format_is_one_line(flagged_run) -> None:
-    db, _, _, _ = flagged_run
+    db, *_ = flagged_run
     result = run_mergeit("export", "out.csv", "--db", str(db), cwd=db.parent, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "mergeit export: error: cannot export to out.csv: the file name must end in .jsonl or .parquet"
