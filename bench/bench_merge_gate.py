@@ -30,8 +30,9 @@ GENUINE = "genuine"
 # Values tried for each threshold, the others staying at their defaults.
 SWEEP: dict[str, Sequence[float]] = {
     "min_instruction_coverage": (-0.2, -0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
-    "min_output_coverage": (-0.2, -0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+    "min_output_coverage": (-1.0, -0.2, -0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
     "min_lexical_coverage": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.01),
+    "min_output_lexical_coverage": (0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3),
     "max_copy_similarity": (0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.01),
     "max_output_copy_similarity": (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.01),
     "min_input_coverage": (0.0, 0.3, 0.4, 0.5, 0.6, 0.7),

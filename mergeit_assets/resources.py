@@ -96,6 +96,10 @@ class LLMResource(dg.ConfigurableResource):
     gate_min_output_coverage: float = Field(
         default=_GATE.min_output_coverage, description="Merge gate: least relative similarity of the output to each member's output."
     )
+    gate_min_output_lexical_coverage: float = Field(
+        default=_GATE.min_output_lexical_coverage,
+        description="Merge gate: share of a member's distinctive answer words that also covers it in the output.",
+    )
     gate_min_lexical_coverage: float = Field(
         default=_GATE.min_lexical_coverage, description="Merge gate: share of a member's distinctive words that also covers it."
     )

@@ -5,6 +5,7 @@ test_merge_gate.py and test_merge_gate_asset.py test it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -233,3 +234,29 @@ def test_caches_of_one_file_can_be_used_from_many_threads(tmp_path: Path) -> Non
         list(pool.map(put, range(40)))
 
     assert len(caches[0].get_many(f"k{i}" for i in range(40))) == 40
+
+
+class OneAtATimeBackend(FakeBackend):
+    """Serves one request at a time, as an embedded llama.cpp server does; records the most in flight."""
+
+    max_in_flight = 1
+
+    def __init__(self) -> None:
+        super().__init__(rate_sources_5({}))
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def chat(self, messages: Sequence[Message], schema: Mapping[str, Any]) -> ChatResponse:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.01)
+        try:
+            return await super().chat(messages, schema)
+        finally:
+            self.in_flight -= 1
+
+
+def test_a_backend_that_serves_one_at_a_time_never_gets_more(response_cache: DuckDBResponseCache) -> None:
+    backend = OneAtATimeBackend()
+    report = run_merges(groups(6), backend, response_cache, CONFIG, gate=None)  # CONFIG allows 3
+    assert report.merged == 6 and backend.most_in_flight == 1

@@ -134,6 +134,8 @@ def test_real_merges_come_back_schema_valid(tmp_path: Path) -> None:
 
     with open_backend(config) as backend:
         assert isinstance(backend, EndpointPool) and backend.model == default_gguf_path().name
+        # Each server decodes one request at a time: the run sends no more than there are servers.
+        assert backend.max_in_flight == 2
         report = run_merges(
             groups, backend, DuckDBResponseCache(tmp_path / "m.duckdb"), config, invalid_retries=2
         )

@@ -30,6 +30,7 @@ def _over_endpoints(
     model: str,
     api_key_env: str | None,
     backend: str,
+    max_in_flight_each: int | None = None,
 ) -> ChatBackend:
     """One endpoint as is; several as a pool, whose members do not retry on their own: the pool
     moves a failed request to another endpoint instead of waiting on the one that failed."""
@@ -42,6 +43,7 @@ def _over_endpoints(
             structured_output=config.structured_output_form,
             api_key_env=api_key_env,
             backend=backend,
+            max_in_flight=max_in_flight_each,
         )
         for url in base_urls
     ]
@@ -60,6 +62,9 @@ def open_backend(config: LLMConfig) -> Iterator[ChatBackend]:
                 model=servers[0].model_alias,
                 api_key_env=None,
                 backend="llama_cpp",
+                # llama_cpp.server decodes one request at a time: more in flight would only
+                # wait in its queue, where a slow model's request times out.
+                max_in_flight_each=1,
             )
     elif config.backend == "openai":
         yield _over_endpoints(

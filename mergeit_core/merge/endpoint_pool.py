@@ -56,6 +56,8 @@ class EndpointPool:
         self.backend = backends[0].backend
         self.model = backends[0].model
         self.sampling_params = backends[0].sampling_params
+        limits = [getattr(backend, "max_in_flight", None) for backend in backends]
+        self.max_in_flight = None if None in limits else sum(limits)
         # Each endpoint gets a first try, then as many more as one endpoint would retry alone.
         self.attempts = attempts if attempts is not None else 2 * len(backends) + 2
         self._cooldown_s = cooldown_s

@@ -208,7 +208,10 @@ class _MergeRun:
         # `concurrency` groups in flight, and a group asks one question at a time, so requests
         # in flight never exceed it either (scoring included).
         batched = isinstance(self.backend, BatchChatBackend)
-        slots = asyncio.Semaphore(max(len(groups), 1) if batched else self.config.concurrency)
+        # A backend may serve fewer at once (``max_in_flight``: an embedded llama.cpp server
+        # decodes one request at a time).
+        served = getattr(self.backend, "max_in_flight", None) or self.config.concurrency
+        slots = asyncio.Semaphore(max(len(groups), 1) if batched else min(self.config.concurrency, served))
         tasks = [asyncio.create_task(self._merge_group(group, prefetched, slots)) for group in groups]
         outcomes: list[MergeOutcome] = []
         try:

@@ -56,8 +56,10 @@ class OpenAICompatibleBackend:
         structured_output: StructuredOutputForm,
         api_key_env: str | None,
         backend: str = "openai",
+        max_in_flight: int | None = None,
     ) -> None:
         self.backend = backend
+        self.max_in_flight = max_in_flight  # None: as many as the run sends
         self.model = model
         self.sampling_params = config.sampling_params()
         self._config = config
