@@ -189,16 +189,24 @@ def test_a_merge_needs_two_sources() -> None:
         evaluate_merge(STUDY[:1], STUDY_MERGED)
 
 
+# The coverage checks that catch each shape: a pasted answer is caught by two, each on its own
+# (word overlap with one source's output; the output's coverage of the other member's answer).
+COVERAGE_CHECKS_OFF = {"max_output_copy_similarity": 1.01, "min_output_coverage": -1.0, "min_input_coverage": 0.0}
+
+
 @pytest.mark.parametrize(
-    "name, check_off",
+    "name, catching",
     [
-        ("both tasks asked over one source's answer", {"max_output_copy_similarity": 1.01}),
-        ("a task about the given sentences with the sentences dropped", {"min_input_coverage": 0.0}),
+        ("both tasks asked over one source's answer", ["max_output_copy_similarity", "min_output_coverage"]),
+        ("a task about the given sentences with the sentences dropped", ["min_input_coverage"]),
     ],
 )
-def test_the_output_copy_and_input_checks_are_what_reject_these(name: str, check_off: dict) -> None:
-    sources, merged, _ = DEGENERATE[name]
-    assert evaluate_merge(sources, merged, thresholds=GateThresholds(**check_off)).kept
+def test_each_coverage_check_rejects_these_on_its_own(name: str, catching: list[str]) -> None:
+    sources, merged, reason = DEGENERATE[name]
+    assert evaluate_merge(sources, merged, thresholds=GateThresholds(**COVERAGE_CHECKS_OFF)).kept
+    for check in catching:
+        only_this_one = {k: v for k, v in COVERAGE_CHECKS_OFF.items() if k != check}
+        assert evaluate_merge(sources, merged, thresholds=GateThresholds(**only_this_one)).reason == reason, check
 
 
 class _AnswersStudyMerged:
