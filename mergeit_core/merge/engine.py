@@ -156,6 +156,7 @@ class _MergeRun:
         # One gate check at a time: the embedder is CPU-bound and uses every core already.
         self.gate_lock = asyncio.Lock()
         self.stored_figures: Mapping[str, Figures] = {}
+        self.stored_figures_asked: frozenset[str] = frozenset()  # keys the prefetch looked up
         self.attempts = quality_retries + 1 if scorer is not None else 1
         self.asker: CachedAsker[Sample] = CachedAsker(
             backend,
@@ -173,21 +174,23 @@ class _MergeRun:
         )
 
     async def check(
-        self, group: MergeGroup, key: str, merged: Sample, finish_reason: str | None
+        self, group: MergeGroup, key: str, merged: Sample, finish_reason: str | None, from_cache: bool
     ) -> GateVerdict | None:
         if self.gate is None:
             return None
-        figures = await self._figures(group, key, merged)
+        figures = await self._figures(group, key, merged, from_cache)
         return judge_merge(group.members, merged, figures, finish_reason=finish_reason, thresholds=self.gate)
 
-    async def _figures(self, group: MergeGroup, key: str, merged: Sample) -> Figures:
+    async def _figures(self, group: MergeGroup, key: str, merged: Sample, from_cache: bool) -> Figures:
         # Figures are stored per answer only when measured with the packaged MiniLM: an embedder
-        # given by a caller (a test, a bench) is another measure.
+        # given by a caller (a test, a bench) is another measure. Only a cached answer can have
+        # stored figures (they are written after it); a fresh one, which may replace a refused
+        # answer under the same key, is always measured.
         stored = self.embed is None
-        if stored:
-            known = self.stored_figures.get(key) or (
-                await asyncio.to_thread(self.cache.get_gate_figures, [key], FIGURES_VERSION)
-            ).get(key)
+        if stored and from_cache:
+            known = self.stored_figures.get(key)
+            if known is None and key not in self.stored_figures_asked:
+                known = (await asyncio.to_thread(self.cache.get_gate_figures, [key], FIGURES_VERSION)).get(key)
             if known is not None:
                 return known
         async with self.gate_lock:
@@ -203,6 +206,7 @@ class _MergeRun:
         prefetched = await self.asker.lookup(self.cache_key(group, 0) for group in groups)
         # ... and their gate figures: a cached answer is judged again without the embedder.
         if self.gate is not None and self.embed is None:
+            self.stored_figures_asked = frozenset(prefetched)
             self.stored_figures = await asyncio.to_thread(self.cache.get_gate_figures, prefetched, FIGURES_VERSION)
         # An offline batch engine gets every pending group in one batch; a server gets at most
         # `concurrency` groups in flight, and a group asks one question at a time, so requests
@@ -257,7 +261,7 @@ class _GroupMerge:
                 return self._outcome("failed", key, error=f"{type(error).__name__}: {error}")
             if answer.value is None:
                 return self._outcome("failed", key, error=answer.error)
-            verdict = await self._run.check(self._group, key, answer.value, answer.finish_reason)
+            verdict = await self._run.check(self._group, key, answer.value, answer.finish_reason, answer.from_cache)
             if verdict is not None and not verdict.kept:
                 return self._outcome(
                     "rejected", key, sample=answer.value, gate=verdict, error=f"merge gate: {verdict.reason}"
