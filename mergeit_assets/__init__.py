@@ -2,8 +2,7 @@
 
 import warnings
 
-import dagster as dg
-
 # The single-run backfill policy is how one run covers every cluster partition; its "beta"
-# notice would otherwise repeat in every process that loads the definitions.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message="Parameter `backfill_policy`")
+# notice would otherwise repeat in every process that loads the definitions. Matched by message,
+# so that importing this package (the `mergeit` command) does not import Dagster.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`")

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 from mergeit_assets import instance_home
-from mergeit_core import progress, settings
+from mergeit_core import fingerprint, progress, settings
 from mergeit_core.card import write_card
 from mergeit_core.export import export_dataset
 from mergeit_core.merge.llm import DEFAULT_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_FORMS
 from mergeit_core.settings import SettingError
-from mergeit_core.stages import summarize
+from mergeit_core.summary import summarize
 from mergeit_core.store import connect, run_sql
 
 # Settings as the CLI names them, for one-line errors.
@@ -101,7 +101,36 @@ def _gate_threshold(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"gate threshold {name} needs a number, got {value!r}") from None
 
 
+# Flags that change what a run reports, not what it computes.
+PRESENTATION_FLAGS = frozenset({"command", "handler", "db", "debug", "log_level", "quiet", "dagster_home"})
+
+
+def _invocation(args: argparse.Namespace) -> str:
+    flags = {name: value for name, value in vars(args).items() if name not in PRESENTATION_FLAGS}
+    flags["sources"] = [str(Path(source).resolve()) for source in args.sources]
+    return fingerprint.invocation_hash(flags, os.environ)
+
+
+def _print_unchanged(database: Path, home: Path, previous: fingerprint.CompleteRun, started: float) -> None:
+    note = (
+        f"nothing changed since run {previous.run_id} ({previous.finished_at:%Y-%m-%d %H:%M:%S} UTC): "
+        "same source files and settings, nothing rerun; "
+    )
+    _print_summary(str(database), time.perf_counter() - started, note)
+    print(f"Dagster runs recorded in {home} (view them with DAGSTER_HOME={home} MERGEIT_DB={database} dagster dev)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    invocation = _invocation(args)
+    database = Path(args.db).resolve()
+    sources = [str(Path(source).resolve()) for source in args.sources] or settings.default_sources()
+    # The same command again, on a database nothing wrote to: proven before Dagster or a model loads.
+    previous = fingerprint.repeated_complete_run(database, sources, invocation)
+    if previous is not None:
+        _print_unchanged(database, instance_home.choose_home(args.dagster_home, database), previous, started)
+        return 0
+
     resources = _resources(args)
     database = Path(resources["duckdb"].database)
     home = instance_home.choose_home(args.dagster_home, database)
@@ -112,21 +141,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     instance_home.prepare(home, database)
     os.environ["DAGSTER_HOME"] = str(home)
-    started = time.perf_counter()
     terminal = progress.console(progress.terminal_sink(sys.stderr)) if not args.quiet else contextlib.nullcontext()
     with dg.DagsterInstance.get() as instance, terminal:
         try:
-            graph_run = run_all(instance, resources, log_level=args.log_level)
+            graph_run = run_all(instance, resources, log_level=args.log_level, invocation=invocation)
         except dg.DagsterExecutionStepExecutionError as error:
             print(f"mergeit run failed in step {error.step_key}: {error.user_exception}", file=sys.stderr)
             return 1
-    previous = graph_run.unchanged_since
-    note = (
-        f"nothing changed since run {previous.run_id} ({previous.finished_at:%Y-%m-%d %H:%M:%S} UTC): "
-        "same source files and settings, nothing rerun; "
-        if previous else ""
-    )
-    _print_summary(str(database), time.perf_counter() - started, note)
+    if graph_run.unchanged_since is not None:
+        _print_unchanged(database, home, graph_run.unchanged_since, started)
+        return 0
+    _print_summary(str(database), time.perf_counter() - started)
     print(f"Dagster runs recorded in {home} (view them with DAGSTER_HOME={home} MERGEIT_DB={database} dagster dev)")
     return 0
 

@@ -88,8 +88,15 @@ def _stale_span(db_path: str, keys: list[str]) -> list[str]:
 
 
 def run_all(
-    instance: dg.DagsterInstance, resources: Mapping[str, object], *, log_level: str = "DEBUG"
+    instance: dg.DagsterInstance,
+    resources: Mapping[str, object],
+    *,
+    log_level: str = "DEBUG",
+    invocation: str | None = None,
 ) -> GraphRun:
+    """``invocation``: what `mergeit run` was asked (fingerprint.invocation_hash), recorded with a
+    complete run so that the same command again proves it has nothing to do before building any of
+    this."""
     db_path: str = resources["duckdb"].database  # type: ignore[attr-defined]
     inputs = run_inputs(resources)
     previous = fingerprint.last_complete_run(db_path)
@@ -104,6 +111,8 @@ def run_all(
                 metadata={"unchanged_since_run": previous.run_id, "sources_hash": inputs.sources_hash},
             )
         )
+        if invocation is not None:
+            fingerprint.remember_invocation(db_path, invocation)
         return GraphRun(unchanged_since=previous)
     if previous is None or previous.sources_hash != inputs.sources_hash:
         # New rows are likely: the model loads while Dagster starts the run and ingest reads.
@@ -120,5 +129,5 @@ def run_all(
         )
     final = materialize(DOWNSTREAM, instance, resources, log_level=log_level)
     results.append(final)
-    fingerprint.record_complete_run(db_path, final.run_id, inputs, stages.now_utc())
+    fingerprint.record_complete_run(db_path, final.run_id, inputs, stages.now_utc(), invocation)
     return GraphRun(results=results, partitions_run=len(to_run), partitions=len(keys))

@@ -9,16 +9,16 @@ from `mergeit run`, the UI or a sensor), would recompute exactly what is there.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mergeit_core import embed
+from mergeit_core import embed, models
 from mergeit_core.ingest import scan_source_paths
-from mergeit_core.merge.backends import model_identity
 from mergeit_core.merge.gate import GateThresholds
-from mergeit_core.merge.llm import LLMConfig
+from mergeit_core.merge.llm import LLMConfig, model_identity
 from mergeit_core.merge.prompt import PROMPT_VERSION, SCORE_PROMPT_VERSION
 from mergeit_core.records import stable_hash
 from mergeit_core.store import connect, run_sql, sql_dir
@@ -49,6 +49,7 @@ class CompleteRun:
     settings_hash: str
     database_stamp: str
     finished_at: datetime
+    invocation_hash: str | None = None  # set by `mergeit run`; runs from Dagster leave it empty
 
 
 def run_inputs(
@@ -69,9 +70,6 @@ def run_inputs(
     quality gate; and the settings fixed in code: the embedding model, the prompt versions and
     the code itself (mergeit_core and its SQL), so an upgrade recomputes.
     """
-    scan = scan_source_paths(sources)
-    files = [(str(path), file_sha256(path)) for path in scan.files]
-    unread = [(entry.source_file, entry.status, entry.reason) for entry in scan.skipped]
     shaping = {
         "pipeline": _without_how(pipeline, also={"sources"}),  # the files they resolve to are hashed
         "llm": _without_how(asdict(llm)),
@@ -85,7 +83,59 @@ def run_inputs(
         "score_prompt_version": SCORE_PROMPT_VERSION,
         "code": code_hash(),
     }
-    return RunInputs(stable_hash([files, unread], length=64), stable_hash(shaping, length=64))
+    return RunInputs(sources_hash(sources), stable_hash(shaping, length=64))
+
+
+def sources_hash(sources: Sequence[str | Path]) -> str:
+    """Every source file's bytes (by path), and the paths met in source folders that are not read."""
+    scan = scan_source_paths(sources)
+    files = [(str(path), file_sha256(path)) for path in scan.files]
+    unread = [(entry.source_file, entry.status, entry.reason) for entry in scan.skipped]
+    return stable_hash([files, unread], length=64)
+
+
+# Variables that may hold a secret: never hashed, even though only a hash would be stored.
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+API_KEY_ENV_VARIABLE = "MERGEIT_LLM_API_KEY_ENV"
+
+
+def invocation_hash(flags: Mapping[str, object], environ: Mapping[str, str]) -> str:
+    """What a `mergeit run` was asked, as given: its flags, the MERGEIT_* variables (less any that
+    may hold a secret, and the one named by $MERGEIT_LLM_API_KEY_ENV), the code of mergeit_core,
+    mergeit_assets and the SQL (defaults live there), and the models folder's listing (a bare
+    model name resolves to a file there). Equal hashes resolve to equal settings; unequal ones
+    prove nothing, and the full check compares the resolved settings."""
+    key_variable = environ.get(API_KEY_ENV_VARIABLE)
+    variables = {
+        name: value for name, value in environ.items()
+        if name.startswith("MERGEIT_") and name != key_variable
+        and (name.endswith("_ENV") or not any(word in name for word in _SECRET_WORDS))
+    }
+    package_root = Path(__file__).resolve().parent
+    code = code_hash((package_root, package_root.parent / "mergeit_assets", sql_dir()))
+    return stable_hash(
+        [json.loads(json.dumps(dict(flags), default=str)), sorted(variables.items()), code, _listing(models.models_dir())],
+        length=64,
+    )
+
+
+def _listing(folder: Path) -> list[tuple[str, int, int]]:
+    if not folder.is_dir():
+        return []
+    return sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in folder.iterdir())
+
+
+def repeated_complete_run(db_path: str | Path, sources: Sequence[str | Path], invocation: str) -> CompleteRun | None:
+    """The recorded complete run that this invocation repeats exactly (same invocation hash, same
+    source bytes, database untouched since), or None: then the full check decides."""
+    if not Path(db_path).is_file():
+        return None
+    previous = last_complete_run(db_path)
+    if previous is None or previous.invocation_hash != invocation:
+        return None
+    if sources_hash(sources) != previous.sources_hash or not untouched_since(db_path, previous):
+        return None
+    return previous
 
 
 def code_hash(roots: Sequence[Path] | None = None) -> str:
@@ -112,7 +162,7 @@ def database_stamp(db_path: str | Path) -> str:
 def last_complete_run(db_path: str | Path) -> CompleteRun | None:
     with connect(db_path) as conn:
         rows = conn.execute(
-            "SELECT run_id, sources_hash, settings_hash, database_stamp, finished_at FROM complete_runs"
+            "SELECT run_id, sources_hash, settings_hash, database_stamp, finished_at, invocation_hash FROM complete_runs"
         ).fetchall()
     return CompleteRun(*rows[0]) if rows else None
 
@@ -122,7 +172,9 @@ def untouched_since(db_path: str | Path, run: CompleteRun | None) -> bool:
     return run is not None and database_stamp(db_path) == run.database_stamp
 
 
-def record_complete_run(db_path: str | Path, run_id: str, inputs: RunInputs, finished_at: datetime) -> bool:
+def record_complete_run(
+    db_path: str | Path, run_id: str, inputs: RunInputs, finished_at: datetime, invocation: str | None = None
+) -> bool:
     """Record the run just finished, unless a rerun would still ask the LLM for something (a
     failed merge without a cached answer): then the next run must not be skipped."""
     with connect(db_path) as conn:
@@ -133,7 +185,13 @@ def record_complete_run(db_path: str | Path, run_id: str, inputs: RunInputs, fin
     stamp = database_stamp(db_path)  # after the DELETE: complete_runs is not part of the stamp
     with connect(db_path) as conn:
         conn.execute(
-            "INSERT INTO complete_runs VALUES (?, ?, ?, ?, ?)",
-            [run_id, inputs.sources_hash, inputs.settings_hash, stamp, finished_at],
+            "INSERT INTO complete_runs VALUES (?, ?, ?, ?, ?, ?)",
+            [run_id, inputs.sources_hash, inputs.settings_hash, stamp, finished_at, invocation],
         )
     return True
+
+
+def remember_invocation(db_path: str | Path, invocation: str) -> None:
+    """After the full check found nothing changed: the next identical invocation proves it fast."""
+    with connect(db_path) as conn:
+        conn.execute("UPDATE complete_runs SET invocation_hash = ?", [invocation])

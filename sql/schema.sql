@@ -185,5 +185,7 @@ CREATE TABLE IF NOT EXISTS complete_runs (
     sources_hash    VARCHAR NOT NULL,
     settings_hash   VARCHAR NOT NULL,
     database_stamp  VARCHAR NOT NULL,
-    finished_at     TIMESTAMP NOT NULL
+    finished_at     TIMESTAMP NOT NULL,
+    invocation_hash VARCHAR             -- what `mergeit run` was asked, as given (flags, variables, code)
 );
+ALTER TABLE complete_runs ADD COLUMN IF NOT EXISTS invocation_hash VARCHAR;

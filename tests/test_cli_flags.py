@@ -63,16 +63,39 @@ def flagged_run(sources: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
     return workdir / "flags.duckdb", result, requests, max_in_flight, (argv, server.base_url, contrary_env)
 
 
+def imported_modules(result) -> set[str]:
+    """The modules a command run with PYTHONPROFILEIMPORTTIME=1 imported (its stderr lists them)."""
+    return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
 def test_the_same_command_again_proves_nothing_changed_and_reruns_nothing(flagged_run) -> None:
     db, first, _, _, (argv, base_url, env) = flagged_run
     dataset = rows(db, "SELECT sample_id, instruction FROM merged_dataset ORDER BY ALL")
     # The endpoint is gone: any request would fail the run.
-    again = run_mergeit(*argv, "--base-url", base_url, cwd=db.parent, env=env)
+    again = run_mergeit(*argv, "--base-url", base_url, cwd=db.parent, env={**env, "PYTHONPROFILEIMPORTTIME": "1"})
     assert again.returncode == 0, again.stderr[-4000:]
     assert "nothing changed since run" in again.stdout, again.stdout
     assert rows(db, "SELECT sample_id, instruction FROM merged_dataset ORDER BY ALL") == dataset
     final = re.compile(r"final rows (\d+)")
     assert final.search(again.stdout).group(1) == final.search(first.stdout).group(1)
+    # Proven from the recorded invocation alone: neither Dagster nor the embedding model loaded.
+    modules = imported_modules(again)
+    assert "mergeit_core.fingerprint" in modules
+    assert not modules & {"dagster", "torch", "sentence_transformers", "sklearn", "openai"}
+
+
+def test_the_same_settings_asked_otherwise_are_proven_unchanged_the_long_way_then_fast(flagged_run) -> None:
+    db, _, _, _, (argv, base_url, env) = flagged_run
+    # Concurrency changes how fast, not what: the resolved settings match, but not the invocation.
+    otherwise = [*argv[:argv.index("--concurrency")], "--concurrency", "2", *argv[argv.index("--concurrency") + 2:]]
+    profiled = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
+    long_way = run_mergeit(*otherwise, "--base-url", base_url, cwd=db.parent, env=profiled)
+    assert long_way.returncode == 0, long_way.stderr[-4000:]
+    assert "nothing changed since run" in long_way.stdout, long_way.stdout
+    assert "dagster" in imported_modules(long_way)
+    fast = run_mergeit(*otherwise, "--base-url", base_url, cwd=db.parent, env=profiled)
+    assert "nothing changed since run" in fast.stdout, fast.stdout
+    assert "dagster" not in imported_modules(fast)
 
 
 def test_sources_flags_replace_the_bundled_sample(flagged_run, sources) -> None:

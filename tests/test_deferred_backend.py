@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from llm_support import Reply, ScriptedServer, in_order, merge_json, sample
 
-from mergeit_core.merge.backends import DeferredBackend, model_identity, open_backend
+from mergeit_core.merge.backends import DeferredBackend, open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
 from mergeit_core.merge.engine import MergeGroup, run_merges
-from mergeit_core.merge.llm import LLMConfig
+from mergeit_core.merge.llm import LLMConfig, model_identity
 from mergeit_core.models import KNOWN_MODELS
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from mergeit_assets import pipeline
 from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
 from mergeit_core import fingerprint
 from mergeit_core.merge.gate import GateThresholds
+from mergeit_core.store import connect
 
 LLM_BASE = {"backend": "openai", "model": "scripted", "base_url": "http://127.0.0.1:9/v1"}
 
@@ -115,3 +117,39 @@ def test_the_code_counts_among_the_settings(sources: Path, monkeypatch: pytest.M
     before = inputs(sources)
     monkeypatch.setattr(fingerprint, "code_hash", lambda: "another version of mergeit")
     assert inputs(sources).settings_hash != before.settings_hash
+
+
+def test_the_invocation_hash_covers_flags_variables_and_models_but_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MERGEIT_MODELS_DIR", str(tmp_path / "models"))
+    flags = {"budget": 12, "sources": ["/data/a.jsonl"]}
+    environ = {
+        "MERGEIT_BUDGET": "20", "MERGEIT_LLM_API_KEY_ENV": "MERGEIT_BENCH_KEY", "MERGEIT_BENCH_KEY": "secret-1",
+        "MERGEIT_HUB_TOKEN": "token-1", "HOME": "/home/a",
+    }
+    asked = fingerprint.invocation_hash(flags, environ)
+    # Secrets (by name, and the variable the API key is read from) and other variables do not count...
+    assert fingerprint.invocation_hash(
+        flags, {**environ, "MERGEIT_BENCH_KEY": "secret-2", "MERGEIT_HUB_TOKEN": "token-2", "HOME": "/home/b"}
+    ) == asked
+    # ...flags, MERGEIT_* variables, the key's variable name and the models folder's files do.
+    assert fingerprint.invocation_hash({**flags, "budget": 13}, environ) != asked
+    assert fingerprint.invocation_hash(flags, {**environ, "MERGEIT_BUDGET": "21"}) != asked
+    assert fingerprint.invocation_hash(flags, {**environ, "MERGEIT_LLM_API_KEY_ENV": "OTHER"}) != asked
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.gguf").write_bytes(b"GGUF")
+    assert fingerprint.invocation_hash(flags, environ) != asked
+
+
+def test_a_recorded_invocation_repeats_only_on_the_same_source_bytes(sources: Path) -> None:
+    db = sources.parent / "m.duckdb"
+    assert fingerprint.repeated_complete_run(db, [sources], "asked") is None  # no database yet
+    with connect(db):
+        pass
+    recorded = fingerprint.RunInputs(fingerprint.sources_hash([sources]), "settings")
+    assert fingerprint.record_complete_run(db, "run-1", recorded, datetime(2026, 11, 29), "asked")
+    assert fingerprint.repeated_complete_run(db, [sources], "asked").run_id == "run-1"
+    assert fingerprint.repeated_complete_run(db, [sources], "asked otherwise") is None
+    write_jsonl(sources / "part1.jsonl", bundled_rows()[1:21])
+    assert fingerprint.repeated_complete_run(db, [sources], "asked") is None

@@ -9,6 +9,7 @@ from support import bundled_rows, write_jsonl
 
 from mergeit_core import stages
 from mergeit_core.store import connect, run_sql
+from mergeit_core.summary import summarize
 
 
 def rows(db: Path, sql: str, params: list | None = None) -> list[tuple]:
@@ -41,7 +42,7 @@ def test_files_not_read_are_recorded_and_shown_in_the_summary(tmp_path: Path, db
     assert rows(db_path, "SELECT file_format, balanced FROM source_accounting ORDER BY 1") == [("csv", True), ("jsonl", True)]
     with connect(db_path) as conn:
         assert run_sql(conn, "checks/unbalanced_files.sql").fetchall() == [(0,)]
-    summary = stages.summarize(db_path)
+    summary = summarize(db_path)
     assert (summary.rows_read, summary.skipped_files, summary.ignored_files) == (6, 1, 2)
 
     (folder / "notes.txt").unlink()

@@ -17,8 +17,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 from mergeit_core.merge.endpoint_pool import EndpointPool
-from mergeit_core.merge.llama_server import llama_cpp_servers, llama_model_alias, llama_model_path
-from mergeit_core.merge.llm import ChatBackend, ChatResponse, JsonSchema, LLMConfig, Message
+from mergeit_core.merge.llama_server import llama_cpp_servers, llama_model_path
+from mergeit_core.merge.llm import ChatBackend, ChatResponse, JsonSchema, LLMConfig, Message, model_identity
 from mergeit_core.merge.openai_backend import OpenAICompatibleBackend
 from mergeit_core.merge.vllm_backend import VLLMOfflineBackend
 
@@ -76,12 +76,6 @@ def open_backend(config: LLMConfig) -> Iterator[ChatBackend]:
             yield engine
         finally:
             engine.shutdown()
-
-
-def model_identity(config: LLMConfig) -> str:
-    """The ``model`` the backend for ``config`` will report (cache keys and provenance use it),
-    known without fetching a model or starting anything."""
-    return llama_model_alias(config.model) if config.backend == "llama_cpp" else config.model
 
 
 class DeferredBackend:

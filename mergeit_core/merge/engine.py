@@ -118,8 +118,9 @@ def run_merges(
     defaults to the packaged MiniLM) before the scorer sees it; an answer the gate rejects is
     final for its group: status ``rejected`` with the gate's reason and figures.
 
-    Answers are cached as they arrive and ``on_outcome`` sees each group as it finishes, so an
-    interrupted run loses only the requests in flight. An exception from ``on_outcome`` or a
+    Answers are cached as they arrive (committed at least every COMMIT_INTERVAL_S, and all when
+    the run ends) and ``on_outcome`` sees each group as it finishes, so an interrupted run loses
+    only the requests in flight. An exception from ``on_outcome`` or a
     configuration error (LLMConfigurationError) stops the run.
     """
     groups = list(groups)
@@ -130,7 +131,10 @@ def run_merges(
         raise ValueError("invalid_retries and quality_retries must be >= 0")
     run = _MergeRun(backend, cache, config, scorer, gate, embed, invalid_retries, quality_retries)
     started = time.perf_counter()
-    finished = asyncio.run(run.merge_all(groups, on_outcome))
+    try:
+        finished = asyncio.run(run.merge_all(groups, on_outcome))
+    finally:
+        cache.flush()  # every answer paid for is kept, whether the run finished or not
     by_id = {outcome.group_id: outcome for outcome in finished}
     return MergeReport.of([by_id[group.group_id] for group in groups], time.perf_counter() - started)
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from mergeit_core.merge.llama_server import check_llama_model
+from mergeit_core.merge.llama_server import check_llama_model, llama_model_alias
 from mergeit_core.settings import SettingError
 
 BackendName = Literal["llama_cpp", "openai", "vllm"]
@@ -171,3 +171,8 @@ class BatchChatBackend(ChatBackend, Protocol):
         self, conversations: Sequence[Sequence[Message]], schema: JsonSchema
     ) -> list[ChatResponse]: ...
 
+
+def model_identity(config: LLMConfig) -> str:
+    """The ``model`` the backend for ``config`` will report (cache keys and provenance use it),
+    known without fetching a model or starting anything."""
+    return llama_model_alias(config.model) if config.backend == "llama_cpp" else config.model
