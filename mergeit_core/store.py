@@ -123,16 +123,20 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("COMMIT")
 
 
-def insert_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, object]) -> int:
+def insert_columns(
+    conn: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, object], *, or_replace: bool = False
+) -> int:
     """Bulk insert columnar data (lists, numpy or arrow arrays) through Arrow, matched by name;
-    ``table`` is one of our own identifiers, values never pass through SQL text."""
+    ``table`` is one of our own identifiers, values never pass through SQL text. ``or_replace``:
+    a row replaces the one with its primary key (the rows given must have distinct keys)."""
     staged = pa.table(dict(columns))
     if staged.num_rows == 0:
         return 0
     conn.register("_mergeit_staged", staged)
     # No unregister on failure: it would raise on the aborted transaction and hide the cause;
     # the caller's short-lived connection goes away with it.
-    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _mergeit_staged")
+    verb = "INSERT OR REPLACE" if or_replace else "INSERT"
+    conn.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _mergeit_staged")
     conn.unregister("_mergeit_staged")
     return staged.num_rows
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from mergeit_core.records import Sample, stable_hash
-from mergeit_core.store import connect, transaction
+from mergeit_core.store import connect, insert_columns, transaction
 
 CachePurpose = Literal["merge", "score"]
 
@@ -72,30 +72,30 @@ def score_cache_key(
 _CONNECTION_LOCK = threading.Lock()
 
 
-_INSERT = {
+# Each table's columns as the cache writes them, its primary key first.
+_COLUMNS = {
     "llm_cache": (
-        "INSERT OR REPLACE INTO llm_cache (cache_key, purpose, model, prompt_version, valid, response, "
-        "prompt_tokens, completion_tokens, finish_reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "cache_key", "purpose", "model", "prompt_version", "valid", "response", "prompt_tokens",
+        "completion_tokens", "finish_reason", "created_at",
     ),
-    "gate_figures": (
-        "INSERT OR REPLACE INTO gate_figures (cache_key, figures_version, figures, created_at) VALUES (?, ?, ?, ?)"
-    ),
+    "gate_figures": ("cache_key", "figures_version", "figures", "created_at"),
 }
+_KEY_WIDTH = {"llm_cache": 1, "gate_figures": 2}
 # An answer waits at most this long for the next commit, while answers keep arriving.
 COMMIT_INTERVAL_S = 0.5
 
 
 class DuckDBResponseCache:
-    """Thread-safe. A write commits everything pending once ``commit_interval_s`` has passed since
-    the last commit, else a timer commits it when that time comes: a slow model's answers are
-    committed one by one as they come, a fast model's share a connection, and none waits longer
-    than the interval. ``flush`` commits at once (the merge engine calls it when its run ends,
-    failed or not); reads flush first, so they see every answer given."""
+    """Thread-safe. A write never waits for DuckDB: a timer commits everything pending, at once
+    when ``commit_interval_s`` has passed since the last commit, else when it has, so a slow
+    model's answers are committed one by one as they come, a fast model's share a connection,
+    and none waits longer than the interval. ``flush`` commits at once (the merge engine calls it
+    when its run ends, failed or not); reads flush first, so they see every answer given."""
 
     def __init__(self, db_path: str | Path, *, commit_interval_s: float = COMMIT_INTERVAL_S) -> None:
         self.db_path = Path(db_path)
         self.commit_interval_s = commit_interval_s
-        self._pending: dict[str, list[list[object]]] = {table: [] for table in _INSERT}
+        self._pending: dict[str, list[tuple[object, ...]]] = {table: [] for table in _COLUMNS}
         self._pending_lock = threading.Lock()
         self._last_commit = -float("inf")
         self._timer: threading.Timer | None = None
@@ -135,10 +135,10 @@ class DuckDBResponseCache:
         completion_tokens: int | None,
         finish_reason: str | None = None,
     ) -> None:
-        self._write("llm_cache", [
+        self._write("llm_cache", (
             key, purpose, model, prompt_version, valid, response, prompt_tokens, completion_tokens, finish_reason,
             _utc_now(),
-        ])
+        ))
 
     def get_gate_figures(self, keys: Iterable[str], version: str) -> dict[str, dict]:
         """The merge gate's figures stored for these answers' cache keys under ``version``."""
@@ -151,18 +151,16 @@ class DuckDBResponseCache:
         return {key: json.loads(figures) for key, figures in rows}
 
     def put_gate_figures(self, key: str, version: str, figures: Mapping[str, object]) -> None:
-        self._write("gate_figures", [key, version, json.dumps(figures), _utc_now()])
+        self._write("gate_figures", (key, version, json.dumps(figures), _utc_now()))
 
-    def _write(self, table: str, row: list[object]) -> None:
+    def _write(self, table: str, row: tuple[object, ...]) -> None:
         with self._pending_lock:
             self._pending[table].append(row)
-            wait = self._last_commit + self.commit_interval_s - time.monotonic()
-            if 0 < wait and self._timer is None:
+            if self._timer is None:
+                wait = max(self._last_commit + self.commit_interval_s - time.monotonic(), 0.0)
                 self._timer = threading.Timer(wait, self._flush_on_time)
                 self._timer.daemon = True
                 self._timer.start()
-        if wait <= 0:
-            self.flush()
 
     def _flush_on_time(self) -> None:
         with self._pending_lock:
@@ -174,19 +172,27 @@ class DuckDBResponseCache:
         with _CONNECTION_LOCK:
             with self._pending_lock:
                 batch = {table: rows for table, rows in self._pending.items() if rows}
-                self._pending = {table: [] for table in _INSERT}
+                self._pending = {table: [] for table in _COLUMNS}
             if not batch:
                 return
             try:
                 with connect(self.db_path) as conn, transaction(conn):
                     for table, rows in batch.items():
-                        conn.executemany(_INSERT[table], rows)
+                        insert_columns(conn, table, _latest_by_key(table, rows), or_replace=True)
             except BaseException:
                 with self._pending_lock:  # kept for the next commit
                     for table, rows in batch.items():
                         self._pending[table][:0] = rows
                 raise
             self._last_commit = time.monotonic()
+
+
+def _latest_by_key(table: str, rows: list[tuple[object, ...]]) -> dict[str, list[object]]:
+    """The rows as columns, the last row given for a key replacing earlier ones (one statement
+    may not write a key twice)."""
+    width = _KEY_WIDTH[table]
+    latest = list({row[:width]: row for row in rows}.values())
+    return {name: [row[i] for row in latest] for i, name in enumerate(_COLUMNS[table])}
 
 
 def _utc_now() -> datetime:
