@@ -3,6 +3,12 @@
 Cluster keys (``c000``, ``c001``, ...) name Dagster partitions, so they must survive
 re-clustering: KMeans is warm-started from the previous centroids when k is unchanged, and new
 clusters take the key of the old cluster they share the most members with (Hungarian assignment).
+
+A small change is not re-clustered at all (:func:`update_without_refit`): refitting moves rows
+between many clusters, and every cluster whose membership moves is selected, paired and merged
+again. New rows join their nearest centroid instead, so only the clusters they join go stale, until
+the rows added or removed since the last full fit exceed ``INCREMENTAL_MAX_SHARE`` of the rows it
+clustered or k = int(sqrt(n/2)) changes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from mergeit_core.records import stable_hash
 
 DEFAULT_SEED = 42
 DEFAULT_VARIANCE = 0.95
+# Rows added or removed since the last full fit, as a share of the rows it clustered, that are
+# still placed without refitting; beyond it the clustering is fitted afresh (paper semantics).
+INCREMENTAL_MAX_SHARE = 0.05
 
 
 def cluster_count(n_rows: int) -> int:
@@ -95,3 +104,78 @@ def assign_stable_keys(
             keys[label] = cluster_key(next_number)
             next_number += 1
     return keys
+
+
+@dataclass(frozen=True)
+class FullFit:
+    """What the last full fit was, and how far the clustering has drifted from it since."""
+
+    rows: int                  # rows it clustered
+    rows_changed_since: int    # rows added to or removed from clusters since, without refitting
+    seed: int
+    n_components: int
+    explained_variance: float
+
+
+@dataclass(frozen=True)
+class IncrementalUpdate:
+    """The clustering after a small change, with no refit."""
+
+    row_keys: list[str]               # the cluster key of each current row, in input order
+    centroids: dict[str, np.ndarray]  # the mean of each cluster's current rows
+    added: list[str]                  # rows placed at their nearest centroid
+    removed: list[str]                # rows that left their cluster (no longer in the input)
+
+
+def nearest_centroids(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (euclidean, in embedding space) for each row."""
+    distances = (
+        (embeddings**2).sum(axis=1, keepdims=True) - 2 * embeddings @ centroids.T + (centroids**2).sum(axis=1)
+    )
+    return distances.argmin(axis=1)
+
+
+def update_without_refit(
+    source_ids: Sequence[str],
+    embeddings: np.ndarray,
+    previous_centroids: Mapping[str, np.ndarray],
+    previous_members: Mapping[str, set[str]],
+    last_fit: FullFit | None,
+    *,
+    seed: int = DEFAULT_SEED,
+    max_share: float = INCREMENTAL_MAX_SHARE,
+) -> IncrementalUpdate | None:
+    """Place new rows at their nearest existing centroid and drop rows that are gone, leaving
+    every other row where it is; None when a full fit is due instead: no fit on record (or one
+    with another seed), k = int(sqrt(n/2)) differs from the live cluster count, a cluster would
+    lose all its rows, or the rows changed since the last full fit would exceed ``max_share`` of
+    the rows it clustered. Centroids stay in embedding space, so no PCA has to be kept."""
+    if last_fit is None or last_fit.seed != seed or not previous_members:
+        return None
+    if cluster_count(len(source_ids)) != len(previous_members):
+        return None
+    key_of = {source_id: key for key, members in previous_members.items() for source_id in members}
+    current = set(source_ids)
+    removed = sorted(source_id for source_id in key_of if source_id not in current)
+    added_positions = [i for i, source_id in enumerate(source_ids) if source_id not in key_of]
+    if last_fit.rows_changed_since + len(added_positions) + len(removed) > max_share * last_fit.rows:
+        return None
+    keys = sorted(previous_members)
+    centroid_matrix = np.stack([previous_centroids[key] for key in keys]).astype(np.float32)
+    nearest = nearest_centroids(embeddings[added_positions], centroid_matrix) if added_positions else []
+    for position, label in zip(added_positions, nearest):
+        key_of[source_ids[position]] = keys[int(label)]
+    row_keys = [key_of[source_id] for source_id in source_ids]
+    positions_by_key: dict[str, list[int]] = {key: [] for key in keys}
+    for position, key in enumerate(row_keys):
+        positions_by_key[key].append(position)
+    if any(not positions for positions in positions_by_key.values()):
+        return None
+    touched = {key_of[source_ids[p]] for p in added_positions} | {
+        key for key, members in previous_members.items() if members - current
+    }
+    centroids = {
+        key: embeddings[positions].mean(axis=0).astype(np.float32) if key in touched else previous_centroids[key]
+        for key, positions in positions_by_key.items()
+    }
+    return IncrementalUpdate(row_keys, centroids, [source_ids[p] for p in added_positions], removed)

@@ -3,6 +3,10 @@
 The paper's code walks the rows in order and pairs each with the first unused row above the
 threshold. Here pairs maximise the total similarity instead: an exact maximum-weight matching for
 groups of two, and greedy complete-linkage agglomeration for larger groups.
+
+On a rerun (:func:`groups_keeping`), groups that still hold are kept and only the rows outside
+them are grouped: a global matching can reshuffle many pairs when one row joins, and each new
+pair is another LLM merge.
 """
 
 from __future__ import annotations
@@ -70,6 +74,27 @@ def similarity_groups(similarity: np.ndarray, threshold: float, max_group_size: 
                 group_of[member] = union
     groups = {g for g in group_of.values() if len(g) > 1}
     return sorted((_group_of(g, similarity) for g in groups), key=lambda g: g.members)
+
+
+def groups_keeping(
+    similarity: np.ndarray, threshold: float, max_group_size: int, kept: Sequence[Sequence[int]]
+) -> list[Group]:
+    """:func:`similarity_groups` around previous groups: each ``kept`` group (indices into
+    ``similarity``) stays while it fits ``max_group_size``, shares no row with an earlier kept
+    group and every pair in it is above ``threshold``; the other rows are grouped among
+    themselves. With nothing kept this is exactly :func:`similarity_groups`."""
+    taken: set[int] = set()
+    groups = []
+    for members in kept:
+        block = similarity[np.ix_(members, members)]
+        fits = 2 <= len(members) <= max_group_size and taken.isdisjoint(members)
+        if fits and bool((block[np.triu_indices(len(members), k=1)] > threshold).all()):
+            taken.update(members)
+            groups.append(_group_of(members, similarity))
+    free = [i for i in range(similarity.shape[0]) if i not in taken]
+    for group in similarity_groups(similarity[np.ix_(free, free)], threshold, max_group_size):
+        groups.append(_group_of([free[i] for i in group.members], similarity))
+    return sorted(groups, key=lambda g: g.members)
 
 
 def in_order_pairs(similarity: np.ndarray, threshold: float) -> list[Group]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,8 +47,13 @@ def record_partition_membership(
     conn.execute(
         "INSERT INTO partition_inputs (asset_name, cluster_key, input_hash, run_id, materialized_at, settings) "
         "SELECT ?, cluster_key, membership_hash, ?, ?, ? FROM clusters WHERE cluster_key = ?",
-        [asset_name, run_id, now_utc(), json.dumps(dict(settings or {}), sort_keys=True), cluster_key],
+        [asset_name, run_id, now_utc(), settings_json(settings or {}), cluster_key],
     )
+
+
+def settings_json(settings: Mapping[str, object]) -> str:
+    """Settings as partition_inputs stores them, so equal settings compare equal in SQL."""
+    return json.dumps(dict(settings), sort_keys=True)
 
 
 # --- source_instructions -------------------------------------------------------------------------
@@ -197,16 +202,27 @@ class ClusterStats:
     n_components: int
     explained_variance: float
     warm_started: bool
+    refitted: bool               # False: rows were placed at their nearest centroid, no refit
+    placed: int                  # rows placed at their nearest centroid by this run
+    dropped: int                 # rows this run removed from their cluster without a refit
     sizes: dict[str, int]
     added: list[str]
     removed: list[str]
     changed: list[str]  # live clusters whose membership differs from the previous clustering
     unchanged: list[str]
 
+    @property
+    def method(self) -> str:
+        if self.refitted:
+            return f"re-clustered {self.rows} rows (KMeans {'warm-started' if self.warm_started else 'from scratch'})"
+        return f"assigned {self.placed} new rows to existing clusters, removed {self.dropped} (no refit)"
+
 
 def cluster_topics(
     db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED, progress: ProgressReporter = NO_PROGRESS
 ) -> ClusterStats:
+    """Place new rows at their nearest centroid while the change since the last full fit is small
+    (:func:`mergeit_core.cluster.update_without_refit`), else fit afresh with stable keys."""
     with connect(db_path) as conn:
         current = fetch_table(conn, "pipeline/current_embeddings.sql", {"model": embed.MODEL_NAME})
         missing = conn.execute(
@@ -214,6 +230,8 @@ def cluster_topics(
             "ON e.source_id = s.source_id AND e.model = ?", [embed.MODEL_NAME]
         ).fetchall()[0][0]
         previous = fetch_table(conn, "pipeline/previous_clusters.sql")
+        fit_rows = run_sql(conn, "pipeline/last_full_fit.sql").fetchall()
+        placed_before = {s for (s,) in conn.execute("SELECT source_id FROM topic_clusters WHERE placed_since_fit").fetchall()}
     if missing:
         raise RuntimeError(f"{missing} source rows have no embedding yet: materialize instruction_embeddings first")
     source_ids: list[str] = current.column("source_id").to_pylist()
@@ -225,39 +243,74 @@ def cluster_topics(
         for key, members in zip(previous_keys, previous.column("members").to_pylist())
     }
     previous_hashes = {key: clustering.membership_hash(sorted(m)) for key, m in previous_members.items()}
-    fitted = clustering.fit_clusters(
-        embeddings, seed=seed, previous_centroids=_matrix(previous, "centroid") if previous_keys else None
+    previous_centroids = _matrix(previous, "centroid")
+    last_fit = clustering.FullFit(*fit_rows[0]) if fit_rows else None
+    update = clustering.update_without_refit(
+        source_ids, embeddings, dict(zip(previous_keys, previous_centroids)), previous_members, last_fit, seed=seed
     )
-    keys_by_label = clustering.assign_stable_keys(source_ids, fitted.labels, previous_members)
-    row_keys = [keys_by_label[int(label)] for label in fitted.labels]
-    members: dict[str, list[str]] = {key: [] for key in keys_by_label.values()}
+    if update is None:
+        fitted = clustering.fit_clusters(
+            embeddings, seed=seed, previous_centroids=previous_centroids if previous_keys else None
+        )
+        keys_by_label = clustering.assign_stable_keys(source_ids, fitted.labels, previous_members)
+        row_keys = [keys_by_label[int(label)] for label in fitted.labels]
+        centroids = {keys_by_label[label]: fitted.centroids[label] for label in keys_by_label}
+        fit = clustering.FullFit(len(source_ids), 0, seed, fitted.n_components, fitted.explained_variance)
+        warm_started = fitted.warm_started
+        placed: set[str] = set()
+    else:
+        row_keys, centroids = update.row_keys, update.centroids
+        assert last_fit is not None  # update_without_refit returns None without one
+        fit = replace(last_fit, rows_changed_since=last_fit.rows_changed_since + len(update.added) + len(update.removed))
+        warm_started = False
+        placed = placed_before | set(update.added)
+    members: dict[str, list[str]] = {key: [] for key in centroids}
     for source_id, key in zip(source_ids, row_keys):
         members[key].append(source_id)
     hashes = {key: clustering.membership_hash(ids) for key, ids in members.items()}
     removed = sorted(set(previous_keys) - set(members))
-    ordered_labels = sorted(keys_by_label, key=keys_by_label.get)
+    ordered_keys = sorted(members)
+    now = now_utc()
     with connect(db_path) as conn, transaction(conn):
         conn.execute("DELETE FROM topic_clusters")
         conn.execute("DELETE FROM clusters")
-        insert_columns(conn, "topic_clusters", {"source_id": source_ids, "cluster_key": row_keys})
+        insert_columns(conn, "topic_clusters", {
+            "source_id": source_ids,
+            "cluster_key": row_keys,
+            "placed_since_fit": pa.array([source_id in placed for source_id in source_ids], pa.bool_()),
+        })
         insert_columns(conn, "clusters", {
-            "cluster_key": [keys_by_label[label] for label in ordered_labels],
-            "size": pa.array([len(members[keys_by_label[label]]) for label in ordered_labels], pa.int32()),
-            "membership_hash": [hashes[keys_by_label[label]] for label in ordered_labels],
-            "centroid": embedding_array(fitted.centroids[ordered_labels]),
-            "updated_at": pa.array([now_utc()] * len(ordered_labels), pa.timestamp("us")),
+            "cluster_key": ordered_keys,
+            "size": pa.array([len(members[key]) for key in ordered_keys], pa.int32()),
+            "membership_hash": [hashes[key] for key in ordered_keys],
+            "centroid": embedding_array(np.stack([centroids[key] for key in ordered_keys])),
+            "updated_at": pa.array([now] * len(ordered_keys), pa.timestamp("us")),
         })
         for key in removed:
             _delete_cluster_rows(conn, key)
         run_sql(conn, "pipeline/invalidate_moved_rows.sql")
+        if update is None:
+            conn.execute("DELETE FROM cluster_fit")
+            conn.execute(
+                "INSERT INTO cluster_fit VALUES (?, ?, ?, ?, ?, ?)",
+                [fit.rows, fit.rows_changed_since, fit.seed, fit.n_components, fit.explained_variance, now],
+            )
+        else:
+            conn.execute("UPDATE cluster_fit SET rows_changed_since = ?", [fit.rows_changed_since])
     changed = sorted(key for key in members if previous_hashes.get(key) != hashes[key])
-    tracker.finish(clusters=len(members), pca_components=fitted.n_components, changed=len(changed))
+    tracker.finish(
+        clusters=len(members), pca_components=fit.n_components, changed=len(changed),
+        rows_placed_without_refit=0 if update is None else len(update.added),
+    )
     return ClusterStats(
         k=len(members),
         rows=len(source_ids),
-        n_components=fitted.n_components,
-        explained_variance=fitted.explained_variance,
-        warm_started=fitted.warm_started,
+        n_components=fit.n_components,
+        explained_variance=fit.explained_variance,
+        warm_started=warm_started,
+        refitted=update is None,
+        placed=0 if update is None else len(update.added),
+        dropped=0 if update is None else len(update.removed),
         sizes={key: len(ids) for key, ids in sorted(members.items())},
         added=sorted(set(members) - set(previous_keys)),
         removed=removed,
@@ -337,19 +390,41 @@ def select_clusters(
     progress: ProgressReporter = NO_PROGRESS,
 ) -> list[SelectStats]:
     """Select in each cluster; one read and one write transaction for all of them, since a
-    connection costs more than a small cluster's selection."""
+    connection costs more than a small cluster's selection. A cluster's selection made with the
+    same budget since the last full clustering fit is kept, and the rows placed in the cluster
+    since let in by swaps (:func:`mergeit_core.select.select_keeping`)."""
     keys = list(cluster_keys)
+    settings = {"budget": budget}
     with connect(db_path) as conn:
         members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
         existing = {key for (key,) in run_sql(conn, "pipeline/existing_clusters.sql", {"cluster_keys": keys}).fetchall()}
+        previous_rows = run_sql(
+            conn, "pipeline/previous_selections.sql", {"cluster_keys": keys, "settings": settings_json(settings)}
+        ).fetchall()
     missing = [key for key in keys if key not in existing]
     if missing:
         raise KeyError(f"cluster(s) {missing} do not exist: materialize topic_clusters first")
+    previous_by_key: dict[str, list[tuple[str, float | None]]] = {}
+    for key, source_id, gain in previous_rows:
+        previous_by_key.setdefault(key, []).append((source_id, gain))
+    placed = {
+        source_id
+        for source_id, flag in zip(members.column("source_id").to_pylist(), members.column("placed_since_fit").to_pylist())
+        if flag
+    }
     tracker = progress.stage("select", total=len(keys), unit="clusters")
     selections: dict[str, tuple[list[str], select.Selection]] = {}
     selected = 0
     for key, (source_ids, matrix) in _by_cluster(members, keys).items():
-        selection = select.select_facility_location(matrix, budget)
+        position = {source_id: i for i, source_id in enumerate(source_ids)}
+        # Re-clustering already dropped selected rows that left the cluster: such a selection is
+        # short of the budget, and select_keeping makes it afresh.
+        kept = previous_by_key.get(key, [])
+        previous = (
+            select.Selection(tuple(position[s] for s, _ in kept), tuple(gain for _, gain in kept)) if kept else None
+        )
+        candidates = [i for i, source_id in enumerate(source_ids) if source_id in placed]
+        selection = select.select_keeping(matrix, budget, previous, candidates)
         selections[key] = (source_ids, selection)
         selected += len(selection.indices)
         tracker.advance(1, cluster=f"{key} {len(selection.indices)}/{len(source_ids)}", selected=selected)
@@ -358,7 +433,7 @@ def select_clusters(
         for key, (source_ids, selection) in selections.items()
         for rank, (index, gain) in enumerate(zip(selection.indices, selection.gains), start=1)
     ]
-    _replace_clusters(db_path, "selected_subset", keys, run_id, {"budget": budget}, {
+    _replace_clusters(db_path, "selected_subset", keys, run_id, settings, {
         "source_id": [r[0] for r in rows],
         "cluster_key": [r[1] for r in rows],
         "selection_rank": pa.array([r[2] for r in rows], pa.int32()),
@@ -392,15 +467,31 @@ def pair_clusters(
     run_id: str | None = None,
     progress: ProgressReporter = NO_PROGRESS,
 ) -> list[PairStats]:
-    """Merge groups in each cluster's selection; one read and one write transaction for all."""
+    """Merge groups in each cluster's selection; one read and one write transaction for all.
+    Groups made with the same settings whose members are all still selected are kept, and only
+    the other selected rows are grouped (:func:`mergeit_core.pairing.groups_keeping`): each new
+    group is another LLM merge."""
     keys = list(cluster_keys)
+    settings = {"threshold": threshold, "max_group_size": max_group_size}
     with connect(db_path) as conn:
         selected = fetch_table(conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
+        previous_rows = run_sql(
+            conn, "pipeline/previous_groups.sql", {"cluster_keys": keys, "settings": settings_json(settings)}
+        ).fetchall()
+    previous_groups: dict[str, list[list[str]]] = {}
+    for key, group_members in previous_rows:
+        previous_groups.setdefault(key, []).append(group_members)
     tracker = progress.stage("pair", total=len(keys), unit="clusters")
     rows: list[tuple[str, str, str, int, float]] = []
     stats: list[PairStats] = []
     for key, (source_ids, matrix) in _by_cluster(selected, keys).items():
-        groups = pairing.similarity_groups(pairing.cosine_similarity_matrix(matrix), threshold, max_group_size)
+        position = {source_id: i for i, source_id in enumerate(source_ids)}
+        kept = [
+            [position[s] for s in group_members]
+            for group_members in previous_groups.get(key, [])
+            if all(s in position for s in group_members)
+        ]
+        groups = pairing.groups_keeping(pairing.cosine_similarity_matrix(matrix), threshold, max_group_size, kept)
         cluster_rows = [
             (group_id([source_ids[i] for i in group.members]), key, source_ids[member], index, sim)
             for group in groups
@@ -411,7 +502,7 @@ def pair_clusters(
         rows += cluster_rows
         tracker.advance(1, cluster=f"{key} {len(groups)} groups", groups=sum(r.groups for r in stats))
     _replace_clusters(
-        db_path, "merge_pairs", keys, run_id, {"threshold": threshold, "max_group_size": max_group_size}, {
+        db_path, "merge_pairs", keys, run_id, settings, {
             "group_id": [r[0] for r in rows],
             "cluster_key": [r[1] for r in rows],
             "source_id": [r[2] for r in rows],

@@ -62,11 +62,23 @@ CREATE TABLE IF NOT EXISTS clusters (
     updated_at      TIMESTAMP NOT NULL
 );
 
+-- The last full clustering (PCA + KMeans over every row); one row. Until the rows added or removed
+-- since exceed mergeit_core.cluster.INCREMENTAL_MAX_SHARE of fitted_rows (or k changes), new rows
+-- join their nearest centroid without a refit.
+CREATE TABLE IF NOT EXISTS cluster_fit (
+    fitted_rows        INTEGER NOT NULL,
+    rows_changed_since INTEGER NOT NULL,
+    seed               INTEGER NOT NULL,
+    n_components       INTEGER NOT NULL,
+    explained_variance DOUBLE NOT NULL,
+    fitted_at          TIMESTAMP NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS selected_subset (
     source_id       VARCHAR PRIMARY KEY,
     cluster_key     VARCHAR NOT NULL,
-    selection_rank  INTEGER NOT NULL,   -- 1 = first picked by the greedy maximiser
-    marginal_gain   DOUBLE              -- NULL when the cluster was kept whole
+    selection_rank  INTEGER NOT NULL,   -- 1 = first picked by the greedy maximiser (a row swapped in takes the rank of the row it replaced)
+    marginal_gain   DOUBLE              -- NULL when the cluster was kept whole; a swapped-in row: the objective's rise
 );
 
 CREATE TABLE IF NOT EXISTS merge_pairs (
@@ -159,6 +171,9 @@ CREATE TABLE IF NOT EXISTS skipped_files (
     ingested_at  TIMESTAMP NOT NULL
 );
 
+-- Rows placed at their nearest centroid since the last full fit: the rows a cluster's kept
+-- selection lets in by swaps (mergeit_core.select.swap_in_rows).
+ALTER TABLE topic_clusters ADD COLUMN IF NOT EXISTS placed_since_fit BOOLEAN DEFAULT false;
 ALTER TABLE partition_inputs ADD COLUMN IF NOT EXISTS settings VARCHAR;  -- JSON: the settings the partition was computed with
 
 ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS finish_reason VARCHAR;  -- 'stop', 'length', ...; NULL: unknown

@@ -72,7 +72,10 @@ def instruction_embeddings(
     deps=[instruction_embeddings],
     group_name="selection",
     kinds={"duckdb", "scikitlearn"},
-    description="PCA(95% variance) + KMeans(k = int(sqrt(n/2)), seed 42); keeps the `clusters` partitions in line.",
+    description=(
+        "PCA(95% variance) + KMeans(k = int(sqrt(n/2)), seed 42); a small change instead places new rows "
+        "at their nearest centroid. Keeps the `clusters` partitions in line."
+    ),
 )
 def topic_clusters(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
@@ -91,6 +94,8 @@ def topic_clusters(
             "k": stats.k,
             "pca_components": stats.n_components,
             "explained_variance": round(stats.explained_variance, 4),
+            # "re-clustered ..." (a full fit) or "assigned N new rows to existing clusters ..."
+            "clustering": stats.method,
             "warm_started": stats.warm_started,
             "cluster_sizes": dg.MetadataValue.json(stats.sizes),
             "added": dg.MetadataValue.json(stats.added),
