@@ -13,7 +13,7 @@ out of the picture and what is left is the pre-LLM pipeline. Every step is a fre
 Peak RSS of each process comes from the kernel (wait4). Goal 6: <= 2 GiB at 52k synthetic rows.
 
     python bench/bench_pipeline.py [--rows 4950] [--source ../shared/data/mergeit-6k.json]
-    python bench/bench_pipeline.py --synthetic --rows 52002    # generated texts, not real data
+    python bench/bench_pipeline.py --synthetic --rows 52002 --skip-raw --pre-llm-only   # scale runs
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--synthetic", action="store_true", help="generated texts instead of the real file")
     parser.add_argument("--skip-raw", action="store_true", help="no raw-encode baseline (scale runs)")
+    parser.add_argument("--pre-llm-only", action="store_true",
+                        help="similarity threshold 1.0: no merge group forms, so no merge is asked (scale runs)")
     args = parser.parse_args()
 
     added_count = max(args.rows // 100, 1)
@@ -163,6 +165,8 @@ def main() -> None:
             # bench_merge_gate.py); the scripted answers are placeholders it would only reject.
             "MERGEIT_MERGE_GATE": "0",
         }
+        if args.pre_llm_only:
+            env["MERGEIT_THRESHOLD"] = "1.0"  # a pair must exceed cosine 1.0: none does
         command = [
             sys.executable, "-m", "mergeit_assets.cli", "run", "--db", str(work / "mergeit.duckdb"),
             "--log-level", "WARNING",
