@@ -3,7 +3,7 @@
 
 The rows are those `mergeit run` embeds from the source (its own ingest: accepted, deduplicated).
 Each backend loads and encodes in a fresh process (the load includes its imports; peak RSS comes
-from the kernel), the same texts with the same batch size, once; the ONNX exports are made
+from the kernel), the same texts with the same batch size, once; the ONNX export is made
 beforehand, untimed. Then, on each backend's vectors, the pipeline's own clustering (PCA 95%,
 KMeans seed 42) and facility-location selection per cluster with the default budget: overlap is
 |selected ∩ selected by torch| / |selected by torch|.
@@ -92,26 +92,25 @@ def main() -> int:
     from mergeit_core import embed_onnx
 
     started = time.perf_counter()
-    for variant in embed_onnx.VARIANTS:
-        embed_onnx.model_path(variant)
-    print(f"ONNX exports ready in {time.perf_counter() - started:.1f} s (0 when already cached)")
+    embed_onnx.model_path()
+    print(f"ONNX export ready in {time.perf_counter() - started:.1f} s (0 when already cached)")
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         texts_file = Path(scratch) / "texts.json"
         texts_file.write_text(json.dumps(texts), encoding="utf-8")
-        for backend in embed.BACKENDS:
+        for backend in sorted(embed.BACKENDS, key=lambda name: name != "torch"):  # the reference first
             out = Path(scratch) / f"{backend}.npy"
             results[backend] = run_backend(backend, texts_file, args.batch_size, out)
             results[backend]["vectors"] = np.load(out)
 
-    reference = results[embed.DEFAULT_BACKEND]
+    reference = results["torch"]
     reference_selection = selected_rows(reference["vectors"], args.budget)
     header = ("backend", "load s", "encode s", "encode vs torch", "cos min", "cos mean", "selected", "overlap", "peak RSS MiB")
     print(" | ".join(header))
     for backend, figures in results.items():
         cosine = np.einsum("ij,ij->i", figures["vectors"], reference["vectors"])
-        selection = selected_rows(figures["vectors"], args.budget) if backend != embed.DEFAULT_BACKEND else reference_selection
+        selection = selected_rows(figures["vectors"], args.budget) if backend != "torch" else reference_selection
         print(" | ".join([
             backend,
             f"{figures['load_s']:.2f}",

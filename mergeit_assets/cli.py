@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", type=float, help="similarity a merge group must exceed (default 0.55)")
     run.add_argument("--max-group-size", type=int, help="largest merge group (default 2)")
     run.add_argument("--embedding-backend", choices=embed.BACKENDS,
-                     help="torch (the paper's model), onnx or onnx-int8 (default $MERGEIT_EMBEDDING_BACKEND or torch)")
+                     help="onnx (ONNX Runtime, no torch at run time) or torch (sentence-transformers): the same "
+                          f"vectors (default $MERGEIT_EMBEDDING_BACKEND or {embed.DEFAULT_BACKEND})")
     run.add_argument("--quality-gate", action="store_true", help="keep merges only if an LLM judge scores them above their sources")
     run.add_argument("--no-merge-gate", action="store_true",
                      help="keep every schema-valid merge: turn off the model-free merge gate (default on)")

@@ -39,7 +39,7 @@ class PipelineSettings(dg.ConfigurableResource):
     embed_batch_size: int = Field(default=64)
     embedding_backend: str = Field(
         default=embed.DEFAULT_BACKEND,
-        description="torch (the paper's model via sentence-transformers), onnx or onnx-int8 (ONNX Runtime on the CPU).",
+        description="onnx (ONNX Runtime on the CPU, no torch at run time) or torch (sentence-transformers); the same vectors.",
     )
 
     # The same rules hold however the value arrives: CLI flag, environment or launchpad run config.

