@@ -2,8 +2,8 @@
 (issue 11 goal 5: >= 2x the torch encode, cosine >= 0.99, >= 95% of the same rows selected).
 
 The rows are those `mergeit run` embeds from the source (its own ingest: accepted, deduplicated).
-Each backend loads and encodes in a fresh process (the load includes its imports; peak RSS comes
-from the kernel), the same texts with the same batch size, once; the ONNX export is made
+Each backend loads and encodes in a fresh process (the load includes its imports; peak RSS is
+the process's VmHWM), the same texts with the same batch size, once; the ONNX export is made
 beforehand, untimed. Then, on each backend's vectors, the pipeline's own clustering (PCA 95%,
 KMeans seed 42) and facility-location selection per cluster with the default budget: overlap is
 |selected ∩ selected by torch| / |selected by torch|.
@@ -46,24 +46,23 @@ loaded = time.perf_counter()
 vectors = embed.embed_texts(texts, batch_size=int(sys.argv[3]), backend=sys.argv[2])
 encoded = time.perf_counter()
 np.save(sys.argv[4], vectors)
-print(json.dumps({"load_s": loaded - started, "encode_s": encoded - loaded}))
+# VmHWM belongs to this process's own memory map, unlike wait4's maxrss, which keeps the
+# parent's high-water mark from before exec.
+peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"load_s": loaded - started, "encode_s": encoded - loaded, "peak_rss_mib": peak_kib / 1024}))
 """
 
 
 def run_backend(backend: str, texts_file: Path, batch_size: int, out: Path) -> dict:
     """Load and encode in a fresh process; its figures and its peak RSS."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    with tempfile.TemporaryFile("w+") as stdout:
-        process = subprocess.Popen(
-            [sys.executable, "-c", ENCODE_ONE_BACKEND, str(texts_file), backend, str(batch_size), str(out)],
-            stdout=stdout, env=env,
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        if status:
-            raise SystemExit(f"{backend}: the encoding process failed ({status})")
-        stdout.seek(0)
-        figures = json.loads(stdout.read().strip().splitlines()[-1])
-    return figures | {"peak_rss_mib": usage.ru_maxrss / 1024}
+    result = subprocess.run(
+        [sys.executable, "-c", ENCODE_ONE_BACKEND, str(texts_file), backend, str(batch_size), str(out)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    if result.returncode:
+        raise SystemExit(f"{backend}: the encoding process failed ({result.returncode})")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def selected_rows(vectors: np.ndarray, budget: int) -> set[int]:

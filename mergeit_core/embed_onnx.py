@@ -79,14 +79,11 @@ class OnnxEncoder:
     """Encodes texts as sentence-transformers does: truncated at 256 tokens, batches of texts
     sorted longest first and padded to the batch's longest, mean-pooled and L2-normalised."""
 
-    def __init__(self, onnx_file: Path, tokenizer_file: Path, *, threads: int | None = None) -> None:
+    def __init__(self, onnx_file: Path, tokenizer_file: Path) -> None:
         import onnxruntime
         from tokenizers import Tokenizer
 
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
         # The packaged tokenizer.json pads to a fixed 128 and truncates there; the model's
         # sentence-transformers config reads 256 tokens and pads per batch.
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
