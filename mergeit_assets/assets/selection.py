@@ -113,7 +113,10 @@ def topic_clusters(
             # Selection runs after this asset, per cluster: the map rings the rows the current
             # selection holds, i.e. the last selection of clusters whose membership is unchanged
             # (none on a first run). merged_dataset draws the same map once every cluster is selected.
-            "cluster_map": image(plots.cluster_map_png(figures.cluster_map(duckdb.database, embedding_backend=pipeline.embedding_backend)), "cluster map"),
+            "cluster_map": image(
+                plots.cluster_map_png(figures.cluster_map(duckdb.database, embedding_backend=pipeline.embedding_backend)),
+                "cluster map",
+            ),
             "cluster_size_histogram": image(
                 plots.cluster_size_histogram_png(stats.sizes, budget=pipeline.selection_budget), "cluster sizes"
             ),
