@@ -4,7 +4,7 @@ import dagster as dg
 
 from mergeit_assets.assets.merging import merged_dataset
 from mergeit_assets.assets.selection import instruction_embeddings, source_instructions
-from mergeit_assets.resources import MergeitDuckDB
+from mergeit_assets.resources import MergeitDuckDB, PipelineSettings
 from mergeit_core import embed
 from mergeit_core.store import run_sql
 
@@ -24,8 +24,9 @@ def source_rows_accounted(duckdb: MergeitDuckDB) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=instruction_embeddings, description="Every source row has an embedding.")
-def every_row_embedded(duckdb: MergeitDuckDB) -> dg.AssetCheckResult:
-    return _result({"rows_without_embedding": _violations(duckdb, "rows_without_embedding", {"model": embed.MODEL_NAME})})
+def every_row_embedded(duckdb: MergeitDuckDB, pipeline: PipelineSettings) -> dg.AssetCheckResult:
+    model = embed.model_id(pipeline.embedding_backend)
+    return _result({"rows_without_embedding": _violations(duckdb, "rows_without_embedding", {"model": model})})
 
 
 @dg.asset_check(

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mergeit_assets import instance_home
-from mergeit_core import fingerprint, progress, settings
+from mergeit_core import embed, fingerprint, progress, settings
 from mergeit_core.card import write_card
 from mergeit_core.export import export_dataset
 from mergeit_core.merge.llm import DEFAULT_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_FORMS
@@ -25,6 +25,7 @@ FLAG_OF_SETTING = {
     "selection_budget": "--budget",
     "similarity_threshold": "--threshold",
     "max_group_size": "--max-group-size",
+    "embedding_backend": "--embedding-backend",
     "backend": "--llm",
     "model": "--model",
     "base_url": "--base-url",
@@ -51,6 +52,7 @@ def _resources(args: argparse.Namespace) -> dict[str, object]:
                 "selection_budget": args.budget,
                 "similarity_threshold": args.threshold,
                 "max_group_size": args.max_group_size,
+                "embedding_backend": args.embedding_backend,
             },
             llm={
                 "backend": args.llm,
@@ -271,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", type=int, help="facility-location budget per cluster (default 75)")
     run.add_argument("--threshold", type=float, help="similarity a merge group must exceed (default 0.55)")
     run.add_argument("--max-group-size", type=int, help="largest merge group (default 2)")
+    run.add_argument("--embedding-backend", choices=embed.BACKENDS,
+                     help="onnx (ONNX Runtime, no torch at run time) or torch (sentence-transformers): the same "
+                          f"vectors (default $MERGEIT_EMBEDDING_BACKEND or {embed.DEFAULT_BACKEND})")
     run.add_argument("--quality-gate", action="store_true", help="keep merges only if an LLM judge scores them above their sources")
     run.add_argument("--no-merge-gate", action="store_true",
                      help="keep every schema-valid merge: turn off the model-free merge gate (default on)")

@@ -116,7 +116,7 @@ def run_all(
         return GraphRun(unchanged_since=previous)
     if previous is None or previous.sources_hash != inputs.sources_hash:
         # New rows are likely: the model loads while Dagster starts the run and ingest reads.
-        embed.load_in_background()
+        embed.load_in_background(backend=resources["pipeline"].embedding_backend)  # type: ignore[attr-defined]
     results = [materialize(UPSTREAM, instance, resources, log_level=log_level)]
     keys = instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME)
     # Partitions whose membership did not move hold what these settings compute from it, as long

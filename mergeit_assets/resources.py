@@ -14,7 +14,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, field_validator, model_validator
 
-from mergeit_core import settings
+from mergeit_core import embed, settings
 from mergeit_core.merge.gate import GateThresholds
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.store import connect
@@ -37,6 +37,10 @@ class PipelineSettings(dg.ConfigurableResource):
     max_group_size: int = Field(default=2, description="Largest merge group.")
     kmeans_seed: int = Field(default=42)
     embed_batch_size: int = Field(default=64)
+    embedding_backend: str = Field(
+        default=embed.DEFAULT_BACKEND,
+        description="onnx (ONNX Runtime on the CPU, no torch at run time) or torch (sentence-transformers); the same vectors.",
+    )
 
     # The same rules hold however the value arrives: CLI flag, environment or launchpad run config.
     @field_validator("selection_budget")
@@ -49,6 +53,12 @@ class PipelineSettings(dg.ConfigurableResource):
     @classmethod
     def _threshold(cls, value: float) -> float:
         settings.check_threshold(value)
+        return value
+
+    @field_validator("embedding_backend")
+    @classmethod
+    def _embedding_backend(cls, value: str) -> str:
+        settings.check_embedding_backend(value)
         return value
 
     @field_validator("max_group_size")
@@ -65,6 +75,7 @@ class PipelineSettings(dg.ConfigurableResource):
             "selection_budget": lambda: settings.env_int("MERGEIT_BUDGET", 75),
             "similarity_threshold": lambda: settings.env_float("MERGEIT_THRESHOLD", 0.55),
             "max_group_size": lambda: settings.env_int("MERGEIT_MAX_GROUP_SIZE", 2),
+            "embedding_backend": lambda: settings.env_str("MERGEIT_EMBEDDING_BACKEND", embed.DEFAULT_BACKEND),
         }
         return cls(**_resolve(defaults, overrides))
 

@@ -29,9 +29,13 @@ class ClusterMap:
     explained_variance: tuple[float, float]  # of the centres' variance
 
 
-def cluster_map(db_path: str | Path, *, max_points: int = MAP_POINTS) -> ClusterMap:
+def cluster_map(
+    db_path: str | Path, *, embedding_backend: str = embed.DEFAULT_BACKEND, max_points: int = MAP_POINTS
+) -> ClusterMap:
     with connect(db_path) as conn:
-        table = fetch_table(conn, "figures/cluster_points.sql", {"model": embed.MODEL_NAME, "max_points": max_points})
+        table = fetch_table(
+            conn, "figures/cluster_points.sql", {"model": embed.model_id(embedding_backend), "max_points": max_points}
+        )
         rows = conn.execute("SELECT count(*) FROM topic_clusters").fetchall()[0][0]
     vectors = table.column("embedding").combine_chunks()
     matrix = (

@@ -67,8 +67,8 @@ def run_inputs(
     those in HOW_NOT_WHAT; what the stages resolve them to (the model the backend will report,
     which an empty model leaves to $MERGEIT_LLM_MODEL or the default; the structured-output
     form; the sampling parameters); the merge gate (None: off) with its thresholds and the
-    quality gate; and the settings fixed in code: the embedding model, the prompt versions and
-    the code itself (mergeit_core and its SQL), so an upgrade recomputes.
+    quality gate; the embedding model its backend records; and the settings fixed in code: the
+    prompt versions and the code itself (mergeit_core and its SQL), so an upgrade recomputes.
     """
     shaping = {
         "pipeline": _without_how(pipeline, also={"sources"}),  # the files they resolve to are hashed
@@ -78,7 +78,7 @@ def run_inputs(
         "sampling_params": llm.sampling_params(),
         "quality_gate": quality_gate,
         "merge_gate": asdict(merge_gate) if merge_gate is not None else None,
-        "embedding_model": embed.MODEL_NAME,
+        "embedding_model": embed.model_id(str(pipeline.get("embedding_backend", embed.DEFAULT_BACKEND))),
         "prompt_version": PROMPT_VERSION,
         "score_prompt_version": SCORE_PROMPT_VERSION,
         "code": code_hash(),

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from mergeit_core import embed
+
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "sample_data" / "alpaca_sample.jsonl"
 
 DEFAULT_DB = "mergeit.duckdb"
@@ -93,6 +95,11 @@ def check_threshold(threshold: float) -> None:
 def check_max_group_size(size: int) -> None:
     if size < 2:
         raise SettingError(f"max group size must be at least 2 (a merge needs two samples), got {size}")
+
+
+def check_embedding_backend(backend: str) -> None:
+    if backend not in embed.BACKENDS:
+        raise SettingError(f"embedding backend must be one of {', '.join(embed.BACKENDS)}, got {backend!r}")
 
 
 def check_sources_exist(sources: Sequence[str | Path]) -> None:

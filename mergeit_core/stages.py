@@ -166,25 +166,34 @@ class EmbedStats:
 
 
 def embed_missing(
-    db_path: str | Path, *, batch_size: int = 64, chunk_size: int = 4096, progress: ProgressReporter = NO_PROGRESS
+    db_path: str | Path,
+    *,
+    batch_size: int = 64,
+    chunk_size: int = 4096,
+    embedding_backend: str = embed.DEFAULT_BACKEND,
+    progress: ProgressReporter = NO_PROGRESS,
 ) -> EmbedStats:
-    """Embed only the source rows that have no embedding for the model yet, committing each
-    chunk so an interrupted run keeps what it paid for."""
+    """Embed only the source rows that have no embedding for the backend's model yet, committing
+    each chunk so an interrupted run keeps what it paid for."""
     started = time.perf_counter()
+    model = embed.model_id(embedding_backend)
     with connect(db_path) as conn:
-        pending = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": embed.MODEL_NAME}).fetchall()
+        pending = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": model}).fetchall()
         total = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
     tracker = progress.stage("embed", total=len(pending), unit="rows")
     for start in range(0, len(pending), chunk_size):
         chunk = pending[start:start + chunk_size]
         texts = [Sample(instruction, input_, "").embedding_text for _, instruction, input_ in chunk]
         vectors = embed.embed_texts(
-            texts, batch_size=batch_size, on_progress=lambda done, offset=start: tracker.update(offset + done)
+            texts,
+            batch_size=batch_size,
+            backend=embedding_backend,
+            on_progress=lambda done, offset=start: tracker.update(offset + done),
         )
         with connect(db_path) as conn, transaction(conn):
             insert_columns(conn, "instruction_embeddings", {
                 "source_id": [source_id for source_id, _, _ in chunk],
-                "model": [embed.MODEL_NAME] * len(chunk),
+                "model": [model] * len(chunk),
                 "embedding": embedding_array(vectors),
                 "embedded_at": pa.array([now_utc()] * len(chunk), pa.timestamp("us")),
             })
@@ -219,15 +228,20 @@ class ClusterStats:
 
 
 def cluster_topics(
-    db_path: str | Path, *, seed: int = clustering.DEFAULT_SEED, progress: ProgressReporter = NO_PROGRESS
+    db_path: str | Path,
+    *,
+    seed: int = clustering.DEFAULT_SEED,
+    embedding_backend: str = embed.DEFAULT_BACKEND,
+    progress: ProgressReporter = NO_PROGRESS,
 ) -> ClusterStats:
     """Place new rows at their nearest centroid while the change since the last full fit is small
     (:func:`mergeit_core.cluster.update_without_refit`), else fit afresh with stable keys."""
+    model = embed.model_id(embedding_backend)
     with connect(db_path) as conn:
-        current = fetch_table(conn, "pipeline/current_embeddings.sql", {"model": embed.MODEL_NAME})
+        current = fetch_table(conn, "pipeline/current_embeddings.sql", {"model": model})
         missing = conn.execute(
             "SELECT count(*) FROM source_instructions s ANTI JOIN instruction_embeddings e "
-            "ON e.source_id = s.source_id AND e.model = ?", [embed.MODEL_NAME]
+            "ON e.source_id = s.source_id AND e.model = ?", [model]
         ).fetchall()[0][0]
         previous = fetch_table(conn, "pipeline/previous_clusters.sql")
         fit_rows = run_sql(conn, "pipeline/last_full_fit.sql").fetchall()
@@ -386,6 +400,7 @@ def select_clusters(
     cluster_keys: Sequence[str],
     *,
     budget: int = select.DEFAULT_BUDGET,
+    embedding_backend: str = embed.DEFAULT_BACKEND,
     run_id: str | None = None,
     progress: ProgressReporter = NO_PROGRESS,
 ) -> list[SelectStats]:
@@ -396,7 +411,9 @@ def select_clusters(
     keys = list(cluster_keys)
     settings = {"budget": budget}
     with connect(db_path) as conn:
-        members = fetch_table(conn, "pipeline/cluster_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
+        members = fetch_table(
+            conn, "pipeline/cluster_members.sql", {"model": embed.model_id(embedding_backend), "cluster_keys": keys}
+        )
         existing = {key for (key,) in run_sql(conn, "pipeline/existing_clusters.sql", {"cluster_keys": keys}).fetchall()}
         previous_rows = run_sql(
             conn, "pipeline/previous_selections.sql", {"cluster_keys": keys, "settings": settings_json(settings)}
@@ -464,6 +481,7 @@ def pair_clusters(
     *,
     threshold: float = 0.55,
     max_group_size: int = 2,
+    embedding_backend: str = embed.DEFAULT_BACKEND,
     run_id: str | None = None,
     progress: ProgressReporter = NO_PROGRESS,
 ) -> list[PairStats]:
@@ -474,7 +492,9 @@ def pair_clusters(
     keys = list(cluster_keys)
     settings = {"threshold": threshold, "max_group_size": max_group_size}
     with connect(db_path) as conn:
-        selected = fetch_table(conn, "pipeline/selected_members.sql", {"model": embed.MODEL_NAME, "cluster_keys": keys})
+        selected = fetch_table(
+            conn, "pipeline/selected_members.sql", {"model": embed.model_id(embedding_backend), "cluster_keys": keys}
+        )
         previous_rows = run_sql(
             conn, "pipeline/previous_groups.sql", {"cluster_keys": keys, "settings": settings_json(settings)}
         ).fetchall()

@@ -35,7 +35,10 @@ SHAPING_LLM = {
     "vllm_max_model_len": (2048, {}),
     **{f"gate_{f.name}": (f.default + 0.01, {}) for f in fields(GateThresholds)},
 }
-SHAPING_PIPELINE = {"selection_budget": 20, "similarity_threshold": 0.6, "max_group_size": 3, "kmeans_seed": 7}
+SHAPING_PIPELINE = {
+    "selection_budget": 20, "similarity_threshold": 0.6, "max_group_size": 3, "kmeans_seed": 7,
+    "embedding_backend": "torch",
+}
 # ...and per setting that only changes how fast.
 SPEED_LLM = {"concurrency": 2, "servers": 3, "request_timeout_s": 5.0, "max_retries": 1, "vllm_kv_cache_bytes": 2**30}
 SPEED_PIPELINE = {"embed_batch_size": 16}

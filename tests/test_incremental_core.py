@@ -145,7 +145,7 @@ def write_rows(db: Path, ids: list[str], vectors: np.ndarray) -> None:
         fresh = [i for i, source_id in enumerate(ids) if source_id not in known]
         insert_columns(conn, "instruction_embeddings", {
             "source_id": [ids[i] for i in fresh],
-            "model": [embed.MODEL_NAME] * len(fresh),
+            "model": [embed.model_id()] * len(fresh),
             "embedding": embedding_array(vectors[fresh]),
             "embedded_at": pa.array([now] * len(fresh), pa.timestamp("us")),
         })

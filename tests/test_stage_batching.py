@@ -14,7 +14,7 @@ from mergeit_core.store import connect
 
 def cluster_alone(db: Path, sql: str, key: str) -> tuple[list[str], np.ndarray]:
     with connect(db) as conn:
-        rows = conn.execute(sql, [embed.MODEL_NAME, key]).fetchall()
+        rows = conn.execute(sql, [embed.model_id(), key]).fetchall()
     return [r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float32).reshape(len(rows), -1)
 
 

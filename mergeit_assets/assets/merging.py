@@ -6,7 +6,7 @@ import dagster as dg
 from mergeit_assets.assets.selection import PER_CLUSTER_BACKFILL, merge_pairs, selected_subset, topic_clusters
 from mergeit_assets.partitions import clusters_partitions
 from mergeit_assets.reporting import image, progress_for
-from mergeit_assets.resources import LLMResource, MergeitDuckDB
+from mergeit_assets.resources import LLMResource, MergeitDuckDB, PipelineSettings
 from mergeit_core import figures, merge_stage, plots, stages
 
 
@@ -92,7 +92,9 @@ def merged_samples(
     automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(topic_clusters)),
     description="The final training set: kept merges plus selected rows inside no kept merge, with lineage.",
 )
-def merged_dataset(context: dg.AssetExecutionContext, duckdb: MergeitDuckDB) -> dg.MaterializeResult:
+def merged_dataset(
+    context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
+) -> dg.MaterializeResult:
     stats = stages.build_merged_dataset(duckdb.database, run_id=context.run.run_id, progress=progress_for(context))
     counts = figures.funnel(duckdb.database)
     return dg.MaterializeResult(
@@ -111,7 +113,10 @@ def merged_dataset(context: dg.AssetExecutionContext, duckdb: MergeitDuckDB) -> 
             ),
             # Selection is final here for every cluster: the map with the rows it kept.
             "cluster_map_with_selection": image(
-                plots.cluster_map_png(figures.cluster_map(duckdb.database), title="Selected rows"), "selected rows"
+                plots.cluster_map_png(
+                    figures.cluster_map(duckdb.database, embedding_backend=pipeline.embedding_backend), title="Selected rows"
+                ),
+                "selected rows",
             ),
         }
     )

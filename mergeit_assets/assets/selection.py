@@ -52,17 +52,22 @@ def source_instructions(
     deps=[source_instructions],
     group_name="selection",
     kinds={"duckdb", "pytorch"},
-    description="all-MiniLM-L6-v2 embeddings (L2-normalised FLOAT[384]); only rows without one are encoded.",
+    description="all-MiniLM-L6-v2 embeddings (L2-normalised FLOAT[384]) by the chosen backend; only rows without one are encoded.",
 )
 def instruction_embeddings(
     context: dg.AssetExecutionContext, duckdb: MergeitDuckDB, pipeline: PipelineSettings
 ) -> dg.MaterializeResult:
-    stats = stages.embed_missing(duckdb.database, batch_size=pipeline.embed_batch_size, progress=progress_for(context))
+    stats = stages.embed_missing(
+        duckdb.database,
+        batch_size=pipeline.embed_batch_size,
+        embedding_backend=pipeline.embedding_backend,
+        progress=progress_for(context),
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": stats.total,
             "rows_embedded": stats.embedded,
-            "model": embed.MODEL_NAME,
+            "model": embed.model_id(pipeline.embedding_backend),
             "seconds": round(stats.seconds, 2),
         }
     )
@@ -82,7 +87,10 @@ def topic_clusters(
 ) -> dg.MaterializeResult:
     # The partitions written below describe this database's clusters: the instance serves it alone.
     instance_home.pair(Path(context.instance.root_directory), Path(duckdb.database))
-    stats = stages.cluster_topics(duckdb.database, seed=pipeline.kmeans_seed, progress=progress_for(context))
+    stats = stages.cluster_topics(
+        duckdb.database, seed=pipeline.kmeans_seed, embedding_backend=pipeline.embedding_backend,
+        progress=progress_for(context),
+    )
     existing = set(context.instance.get_dynamic_partitions(CLUSTERS_PARTITION_NAME))
     live = set(stats.sizes)
     context.instance.add_dynamic_partitions(CLUSTERS_PARTITION_NAME, sorted(live - existing))
@@ -105,7 +113,10 @@ def topic_clusters(
             # Selection runs after this asset, per cluster: the map rings the rows the current
             # selection holds, i.e. the last selection of clusters whose membership is unchanged
             # (none on a first run). merged_dataset draws the same map once every cluster is selected.
-            "cluster_map": image(plots.cluster_map_png(figures.cluster_map(duckdb.database)), "cluster map"),
+            "cluster_map": image(
+                plots.cluster_map_png(figures.cluster_map(duckdb.database, embedding_backend=pipeline.embedding_backend)),
+                "cluster map",
+            ),
             "cluster_size_histogram": image(
                 plots.cluster_size_histogram_png(stats.sizes, budget=pipeline.selection_budget), "cluster sizes"
             ),
@@ -126,7 +137,7 @@ def selected_subset(
 ) -> dg.MaterializeResult:
     results = stages.select_clusters(
         duckdb.database, context.partition_keys, budget=pipeline.selection_budget,
-        run_id=context.run.run_id, progress=progress_for(context),
+        embedding_backend=pipeline.embedding_backend, run_id=context.run.run_id, progress=progress_for(context),
     )
     # A run may cover many clusters: each partition's materialization gets its own figures.
     for r in results:
@@ -160,6 +171,7 @@ def merge_pairs(
         context.partition_keys,
         threshold=pipeline.similarity_threshold,
         max_group_size=pipeline.max_group_size,
+        embedding_backend=pipeline.embedding_backend,
         run_id=context.run.run_id,
         progress=progress_for(context),
     )
