@@ -57,7 +57,10 @@ def export_dir(model_dir: Path) -> Path:
     for name in _MODEL_FILES:
         path = model_dir / name
         if path.exists():
-            digest.update(name.encode() + b"\0" + _file_sha256(path).encode() + b"\0")
+            # Size and mtime, not the bytes: hashing 90 MB of weights cost every process that
+            # embeds ~0.3 s; an installed package's files change only by reinstalling them.
+            stat = path.stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     return onnx_root() / digest.hexdigest()[:16]
 
 
@@ -184,13 +187,20 @@ def _publish(source: Path, target: Path) -> None:
     checksum.unlink(missing_ok=True)
     os.replace(source, target)
     staged = target.with_name(f".{checksum.name}.tmp")
-    staged.write_text(_file_sha256(target))
+    stat = target.stat()
+    staged.write_text(f"{_file_sha256(target)} {stat.st_size} {stat.st_mtime_ns}")
     os.replace(staged, checksum)
 
 
 def _verified(path: Path) -> bool:
+    """The model matches its checksum file: by size and mtime as published (no 90 MB read per
+    load), else by its bytes (a cache copied elsewhere keeps its bytes, not its mtime)."""
     checksum = _checksum_path(path)
-    return path.exists() and checksum.exists() and checksum.read_text().strip() == _file_sha256(path)
+    if not (path.exists() and checksum.exists()):
+        return False
+    sha256, _, published = checksum.read_text().strip().partition(" ")
+    stat = path.stat()
+    return published == f"{stat.st_size} {stat.st_mtime_ns}" or sha256 == _file_sha256(path)
 
 
 def _checksum_path(path: Path) -> Path:

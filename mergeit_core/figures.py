@@ -162,17 +162,25 @@ def cluster_figures(db_path: str | Path, cluster_keys: Sequence[str]) -> dict[st
     return figures
 
 
-def side_by_side(
+def side_by_side_per_cluster(
     db_path: str | Path, cluster_keys: Sequence[str], *, kept: int = 2, not_kept: int = 2, width: int = 160
-) -> str:
-    """A markdown table: a few merges (kept ones, then ones not kept with the reason) beside the
-    source rows they were made from."""
+) -> dict[str, str]:
+    """Per cluster, a markdown table: a few merges (kept ones, then ones not kept with the reason)
+    beside the source rows they were made from. Two queries for all the clusters: a run may
+    cover hundreds, and a connection per cluster cost more than the tables."""
+    chosen_by_key: dict[str, list[MergeOutcomeRow]] = {key: [] for key in cluster_keys}
     outcomes = merge_outcomes(db_path, cluster_keys)
-    chosen = [o for o in outcomes if o.status == "merged"][:kept] + [o for o in outcomes if o.status != "merged"][:not_kept]
-    if not chosen:
-        return "_no merge groups in these clusters_"
-    with connect(db_path) as conn:
-        rows = run_sql(conn, "figures/merges_with_sources.sql", {"group_ids": [o.group_id for o in chosen]}).fetchall()
+    for merged in (True, False):
+        limit = kept if merged else not_kept
+        for outcome in outcomes:
+            mine = chosen_by_key[outcome.cluster_key]
+            if (outcome.status == "merged") == merged and sum((o.status == "merged") == merged for o in mine) < limit:
+                mine.append(outcome)
+    group_ids = [o.group_id for chosen in chosen_by_key.values() for o in chosen]
+    rows = []
+    if group_ids:
+        with connect(db_path) as conn:
+            rows = run_sql(conn, "figures/merges_with_sources.sql", {"group_ids": group_ids}).fetchall()
     merged_text: dict[str, str] = {}
     sources: dict[str, list[str]] = {}
     for group_id, _, instruction, input_, output, source_instruction, source_input, source_output, source_file, source_row in rows:
@@ -181,7 +189,15 @@ def side_by_side(
             _sample_cell(source_instruction, source_input, source_output, width)
             + f" <sub>{Path(source_file).name}:{source_row}</sub>"
         )
-    members = max((len(s) for s in sources.values()), default=2)
+    return {key: _side_by_side_table(chosen, merged_text, sources) for key, chosen in chosen_by_key.items()}
+
+
+def _side_by_side_table(
+    chosen: Sequence[MergeOutcomeRow], merged_text: dict[str, str], sources: dict[str, list[str]]
+) -> str:
+    if not chosen:
+        return "_no merge groups in these clusters_"
+    members = max((len(sources.get(o.group_id, [])) for o in chosen), default=2) or 2
     header = ["outcome", "merged sample"] + [f"source {i + 1}" for i in range(members)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for outcome in chosen:

@@ -565,6 +565,30 @@ def preview(db_path: str | Path, query: str, params: Sequence[object] = (), limi
         result = conn.execute(f"{query} LIMIT {int(limit)}", list(params))
         columns = [d[0] for d in result.description]
         rows = result.fetchall()
+    return _markdown_table(columns, rows)
+
+
+def preview_per_cluster(
+    db_path: str | Path, query: str, cluster_keys: Sequence[str], order_by: str, limit: int = 5
+) -> dict[str, str]:
+    """``preview`` for each cluster in one query: ``query`` selects ``cluster_key`` first and takes
+    the keys as its one parameter (a list); each cluster's first ``limit`` rows by ``order_by`` (a
+    column of ours), without the key column."""
+    with connect(db_path) as conn:
+        result = conn.execute(
+            f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY cluster_key ORDER BY {order_by}) "
+            f"<= {int(limit)} ORDER BY cluster_key, {order_by}",
+            [list(cluster_keys)],
+        )
+        columns = [d[0] for d in result.description]
+        rows = result.fetchall()
+    by_key: dict[str, list[tuple]] = {key: [] for key in cluster_keys}
+    for row in rows:
+        by_key[row[0]].append(row[1:])
+    return {key: _markdown_table(columns[1:], mine) for key, mine in by_key.items()}
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(value: object) -> str:
         text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         text = text.replace("|", "\\|").replace("\n", " ")

@@ -39,6 +39,13 @@ def merged_samples(
     )
     keys = list(context.partition_keys)
     # Each cluster partition shows its own figures; the run_ totals cover every cluster in the run.
+    side_by_side = figures.side_by_side_per_cluster(duckdb.database, keys)
+    previews = stages.preview_per_cluster(
+        duckdb.database,
+        "SELECT cluster_key, group_id, status, instruction, error FROM merged_samples WHERE list_contains(?, cluster_key)",
+        keys,
+        order_by="group_id",
+    )
     for key, cluster in figures.cluster_figures(duckdb.database, keys).items():
         context.add_asset_metadata(
             {
@@ -51,14 +58,8 @@ def merged_samples(
                 "not_kept_by_reason": dg.MetadataValue.json(cluster.reasons),
                 "requests": stats.requests_by_cluster.get(key, 0),
                 "cache_hits": stats.cache_hits_by_cluster.get(key, 0),
-                "side_by_side": dg.MetadataValue.md(figures.side_by_side(duckdb.database, [key])),
-                "preview": dg.MetadataValue.md(
-                    stages.preview(
-                        duckdb.database,
-                        "SELECT group_id, status, instruction, error FROM merged_samples WHERE cluster_key = ? ORDER BY group_id",
-                        [key],
-                    )
-                ),
+                "side_by_side": dg.MetadataValue.md(side_by_side[key]),
+                "preview": dg.MetadataValue.md(previews[key]),
             },
             partition_key=key,
         )
