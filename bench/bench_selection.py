@@ -7,11 +7,13 @@
    structure; the real 52k file is not on this machine, so say so when quoting these numbers).
 
 Run: python bench/bench_selection.py [--rows 52002]
+     python bench/bench_selection.py --scale-only --rows 200000   # 3. alone, with this process's peak RSS
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import numpy as np
@@ -82,14 +84,18 @@ def bench_scale(rows: int) -> None:
     cluster.fit_clusters(x, previous_centroids=fitted.centroids)
     t_warm = time.perf_counter() - started
     print(f"warm-started re-clustering {t_warm:.1f} s vs cold {t_cluster:.1f} s ({t_cluster / t_warm:.2f}x)")
+    # Linux reports ru_maxrss in KiB.
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=52002)
+    parser.add_argument("--scale-only", action="store_true", help="only cluster -> select -> pair at --rows")
     args = parser.parse_args()
-    bench_kernel()
-    bench_pairing()
+    if not args.scale_only:
+        bench_kernel()
+        bench_pairing()
     bench_scale(args.rows)
 
 

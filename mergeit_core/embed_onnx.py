@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mergeit_core.settings import cache_folder
+
 ONNX_DIR_ENV = "MERGEIT_ONNX_DIR"
 MAX_SEQ_LENGTH = 256  # sentence_bert_config.json of the packaged model
 EXPORT_RECIPE = "mean-pool-l2/opset17/bert-fusion/1"
@@ -37,10 +39,7 @@ _HIDDEN_SIZE, _HEADS = 384, 12
 
 
 def onnx_root() -> Path:
-    if os.environ.get(ONNX_DIR_ENV):
-        return Path(os.environ[ONNX_DIR_ENV]).expanduser()
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "mergeit" / "onnx"
+    return cache_folder("onnx", ONNX_DIR_ENV)
 
 
 def model_files_dir() -> Path:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from mergeit_core.settings import cache_folder
+
 MODELS_DIR_ENV = "MERGEIT_MODELS_DIR"
 FIND_LINKS_ENV = "MERGEIT_MODELS_FIND_LINKS"
 _CHUNK = 4 << 20
@@ -99,10 +101,7 @@ MODEL_ENV = "MERGEIT_LLM_MODEL"
 
 
 def models_dir() -> Path:
-    if os.environ.get(MODELS_DIR_ENV):
-        return Path(os.environ[MODELS_DIR_ENV]).expanduser()
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "mergeit" / "models"
+    return cache_folder("models", MODELS_DIR_ENV)
 
 
 def default_gguf_path() -> Path:

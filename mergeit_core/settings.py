@@ -31,6 +31,14 @@ def default_sources() -> list[str]:
     return _env_list("MERGEIT_SOURCES") or [str(BUNDLED_SAMPLE)]
 
 
+def cache_folder(name: str, env_variable: str) -> Path:
+    """``$env_variable`` if set, else ``mergeit/<name>`` in the user's cache ($XDG_CACHE_HOME or ~/.cache)."""
+    if os.environ.get(env_variable):
+        return Path(os.environ[env_variable]).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "mergeit" / name
+
+
 def default_db_path() -> str:
     return os.environ.get("MERGEIT_DB", DEFAULT_DB)
 
