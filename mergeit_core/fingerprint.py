@@ -122,7 +122,8 @@ def invocation_hash(flags: Mapping[str, object], environ: Mapping[str, str]) -> 
 def _listing(folder: Path) -> list[tuple[str, int, int]]:
     if not folder.is_dir():
         return []
-    return sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in folder.iterdir())
+    stats = {entry.name: entry.stat() for entry in folder.iterdir()}
+    return sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats.items())
 
 
 def repeated_complete_run(db_path: str | Path, sources: Sequence[str | Path], invocation: str) -> CompleteRun | None:
