@@ -12,10 +12,11 @@ three ways of serving the same model (SmolLM2-135M-Instruct) with the same promp
 ``servers``: the embedded llama.cpp with one single-thread server vs ``--servers`` of them behind
 the endpoint pool, concurrency 8 (goal on 2 cores: >= 1.7x).
 
-``latency``: a latency-bound endpoint (the tests' scripted server answering after ``--delay`` s)
-with N = 8 and 32 requests in flight, one endpoint and a pool of four (goal: >= 0.9 x N / delay),
-over ``--rounds`` answers per slot (a run's own start-up, its first HTTP client and connections,
-weighs less over more rounds, as in a run of hundreds of groups), with this process's CPU per merge.
+``latency``: a latency-bound endpoint (the tests' scripted server answering after ``--delay`` s,
+each endpoint in a process of its own, as a remote one would be) with N = 8 and 32 requests in
+flight, one endpoint and a pool of four (goal: >= 0.9 x N / delay), over ``--rounds`` answers per
+slot (a run's own start-up, its first HTTP client and connections, weighs less over more rounds,
+as in a run of hundreds of groups), with the client's CPU per merge.
 
     python bench/bench_merge.py [--groups 8] [--max-tokens 160] [--shapes llama_cpp,vllm_offline,vllm_server]
     python bench/bench_merge.py --modes servers,latency [--servers 2] [--delay 1.0]
@@ -40,8 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -202,27 +203,50 @@ def bench_servers(groups: list[MergeGroup], max_tokens: int, servers: int, workd
     print(f"ratio ({servers} servers / 1, groups per second): {ratio:.2f}x (goal on 2 cores: >= 1.7)")
 
 
-def bench_latency_bound(delay_s: float, rounds: int, workdir: Path) -> None:
+@contextmanager
+def scripted_endpoint(delay_s: float) -> Iterator[str]:
+    """The tests' scripted server answering every request after ``delay_s``, in its own process
+    (as a remote endpoint is: its threads take no CPU or GIL from the client); yields its URL."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve-scripted", str(delay_s)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        base_url = server.stdout.readline().strip()
+        if not base_url.startswith("http://127.0.0.1:"):
+            raise SystemExit(f"the scripted endpoint did not start (said {base_url!r})")
+        yield base_url
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def serve_scripted(delay_s: float) -> None:
+    """``--serve-scripted``: serve until stdin closes (the parent ended or killed us)."""
     # The tests' scripted server; imported here, as the vLLM venv running --offline-worker lacks
     # what the tests need.
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from llm_support import Reply, ScriptedServer, in_order, merge_json
 
+    with ScriptedServer(in_order(then=Reply(merge_json(), delay_s=delay_s))) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()
+
+
+def bench_latency_bound(delay_s: float, rounds: int, workdir: Path) -> None:
     print(f"== latency-bound endpoint: every answer after {delay_s} s, {rounds} answers per slot", flush=True)
     os.environ.setdefault(SCRIPTED_KEY_ENV, "unused-by-a-local-server")
     for endpoints in (1, 4):
         with ExitStack() as stack:
-            servers = [
-                stack.enter_context(ScriptedServer(in_order(then=Reply(merge_json(), delay_s=delay_s))))
-                for _ in range(endpoints)
-            ]
+            base_urls = [stack.enter_context(scripted_endpoint(delay_s)) for _ in range(endpoints)]
             for in_flight in (8, 32):
                 groups = [
                     MergeGroup(f"lat-{endpoints}-{in_flight}-{i}", "bench", (Sample(f"a{i}", "", "x"), Sample(f"b{i}", "", "y")))
                     for i in range(rounds * in_flight)
                 ]
                 config = LLMConfig(
-                    backend="openai", model="scripted", base_url=",".join(s.base_url for s in servers),
+                    backend="openai", model="scripted", base_url=",".join(base_urls),
                     api_key_env=SCRIPTED_KEY_ENV, concurrency=in_flight,
                 )
                 cache = DuckDBResponseCache(workdir / f"latency-{endpoints}-{in_flight}.duckdb")
@@ -230,13 +254,13 @@ def bench_latency_bound(delay_s: float, rounds: int, workdir: Path) -> None:
                 cpu_started = time.process_time()
                 with open_backend(config) as backend:
                     report = run_merges(groups, backend, cache, config, gate=None)
-                # This process's CPU per merge (client, cache writes and the scripted server's
-                # threads): what bounds the rate when the CPU is shared, as on the 2-core machine.
+                # The client's CPU per merge (HTTP, parsing, cache writes): what bounds the rate
+                # when the CPU is shared with the servers, as on the 2-core machine.
                 cpu_ms = 1000 * (time.process_time() - cpu_started) / len(groups)
                 rate = len(report.outcomes) / report.wall_s
                 print(f"{endpoints} endpoint(s), N={in_flight}: {rate:.1f} merges/s = "
                       f"{rate / (in_flight / delay_s):.2f} x N/delay (goal >= 0.9); {report.failed} failed; "
-                      f"{cpu_ms:.0f} ms CPU per merge in this process", flush=True)
+                      f"{cpu_ms:.1f} ms client CPU per merge", flush=True)
 
 
 def bench_shapes(args: argparse.Namespace, shapes: list[str], workdir: Path) -> None:
@@ -290,7 +314,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=1.0, help="latency mode: seconds before each answer")
     parser.add_argument("--rounds", type=int, default=16, help="latency mode: answers per request slot")
     parser.add_argument("--offline-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-scripted", type=float, metavar="DELAY", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_scripted is not None:
+        serve_scripted(args.serve_scripted)
+        return
     modes = [mode for mode in args.modes.split(",") if mode]
     shapes = [shape for shape in args.shapes.split(",") if shape]
     if unknown := (set(modes) - set(MODES)) | (set(shapes) - set(SHAPES)):

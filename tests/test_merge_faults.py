@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 from llm_support import Fail, Reply, ScriptedServer, in_order, last_user_message, merge_json, sample
 
@@ -16,7 +18,7 @@ from mergeit_core.merge.backends import open_backend
 from mergeit_core.merge.cache import DuckDBResponseCache
 from mergeit_core.merge.engine import MergeGroup, MergeOutcome, MergeReport, run_merges
 from mergeit_core.merge.llm import LLMConfig, LLMConfigurationError
-from mergeit_core.merge.openai_backend import OpenAICompatibleBackend
+from mergeit_core.merge.openai_backend import OpenAICompatibleBackend, backoff_s, retry_after_s
 from mergeit_core.merge.prompt import MERGED_SAMPLE_SCHEMA
 
 KEY_ENV = "MERGEIT_TEST_LLM_KEY"
@@ -224,7 +226,7 @@ def test_slow_answers_time_out_and_fail(server: ScriptedServer, response_cache: 
 
     assert time.monotonic() - started < 4
     assert [outcome.status for outcome in report.outcomes] == ["failed", "failed"]
-    assert all("APITimeoutError" in (outcome.error or "") for outcome in report.outcomes)
+    assert all("timed out" in (outcome.error or "") for outcome in report.outcomes)
     assert server.request_count == 4
 
 
@@ -266,7 +268,38 @@ def test_a_rejected_request_fails_only_its_group(
 
     assert [outcome.status for outcome in report.outcomes] == ["merged", "failed", "merged"]
     assert "LLMRequestRejectedError" in (report.outcomes[1].error or "")
+    assert "HTTP 400: scripted 400" in (report.outcomes[1].error or "")  # the server's own words
     assert server.request_count == 3  # a 400 is not retried
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait_s"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        ({"retry-after": "120"}, None),  # longer than a run should sit idle: the backoff applies
+        ({"retry-after": "0"}, None),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_as_the_sdk_reads_it(headers: dict[str, str], wait_s: float | None) -> None:
+    assert retry_after_s(httpx.Headers(headers)) == wait_s
+
+
+def test_retry_after_as_a_date_counts_from_now() -> None:
+    in_ten_s = email.utils.formatdate(time.time() + 10, usegmt=True)
+
+    wait_s = retry_after_s(httpx.Headers({"retry-after": in_ten_s}))
+
+    assert wait_s is not None and 8 < wait_s <= 10
+
+
+def test_backoff_doubles_with_jitter_up_to_eight_seconds() -> None:
+    for retry, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 8.0), (10, 8.0)]:
+        waits = [backoff_s(retry) for _ in range(200)]
+        assert all(0.75 * ceiling <= wait <= ceiling for wait in waits)
 
 
 # --- invalid content: our re-asks ----------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 - ``llama_cpp``: the bundled SmolLM2 GGUF (or any GGUF) served by embedded llama-cpp-python
   servers on 127.0.0.1 (one per core group; see ``server_layout``), spoken to through the
-  OpenAI client, requests spread over the servers;
+  OpenAI-compatible client, requests spread over the servers;
 - ``openai``: any OpenAI-compatible endpoint (OpenAI, a vLLM server, ...), or several
   (comma-separated ``base_url``) with requests spread by load and failing ones set aside;
 - ``vllm``: vLLM's offline engine in this process, fed whole batches.

@@ -113,7 +113,7 @@ class LLMConfig:
 
     @property
     def base_urls(self) -> list[str | None]:
-        """The endpoints ``base_url`` names; [None] (the SDK's default URL) when it names none."""
+        """The endpoints ``base_url`` names; [None] (OpenAI's own URL) when it names none."""
         urls = [url.strip() for url in (self.base_url or "").split(",") if url.strip()]
         return urls or [None]
 
