@@ -8,7 +8,8 @@ A small change is not re-clustered at all (:func:`update_without_refit`): refitt
 between many clusters, and every cluster whose membership moves is selected, paired and merged
 again. New rows join their nearest centroid instead, so only the clusters they join go stale, until
 the rows added or removed since the last full fit exceed ``INCREMENTAL_MAX_SHARE`` of the rows it
-clustered or k = int(sqrt(n/2)) changes.
+clustered. Until then k stays the fitted one: within 5% of the rows, int(sqrt(n/2)) moves by at most
+2.5%, while refitting for that one extra cluster would re-select and re-merge nearly every cluster.
 """
 
 from __future__ import annotations
@@ -146,13 +147,11 @@ def update_without_refit(
     max_share: float = INCREMENTAL_MAX_SHARE,
 ) -> IncrementalUpdate | None:
     """Place new rows at their nearest existing centroid and drop rows that are gone, leaving
-    every other row where it is; None when a full fit is due instead: no fit on record (or one
-    with another seed), k = int(sqrt(n/2)) differs from the live cluster count, a cluster would
-    lose all its rows, or the rows changed since the last full fit would exceed ``max_share`` of
-    the rows it clustered. Centroids stay in embedding space, so no PCA has to be kept."""
+    every other row where it is, with the fitted k; None when a full fit is due instead: no fit
+    on record (or one with another seed), a cluster would lose all its rows, or the rows changed
+    since the last full fit would exceed ``max_share`` of the rows it clustered. Centroids stay in
+    embedding space, so no PCA has to be kept."""
     if last_fit is None or last_fit.seed != seed or not previous_members:
-        return None
-    if cluster_count(len(source_ids)) != len(previous_members):
         return None
     key_of = {source_id: key for key, members in previous_members.items() for source_id in members}
     current = set(source_ids)

@@ -65,7 +65,7 @@ def test_removed_rows_leave_only_their_own_clusters() -> None:
     assert [k for k in sorted(centroids) if not np.array_equal(update.centroids[k], centroids[k])] == [home]
 
 
-def test_batch_fit_when_k_changes_the_share_is_large_or_no_fit_is_known() -> None:
+def test_batch_fit_when_the_share_is_large_or_no_fit_is_known_else_k_stays_fitted() -> None:
     rows = topical_rows(5, 40, seed=4)  # 200 rows: k = 10 up to 241 rows; 5% = 10 rows
     ids = [f"r{i:03d}" for i in range(len(rows))]
     members, centroids, fit = first_clustering(rows, ids)
@@ -81,11 +81,14 @@ def test_batch_fit_when_k_changes_the_share_is_large_or_no_fit_is_known() -> Non
     assert update(2, last_fit=None) is None                                        # no full fit on record
     assert update(2, last_fit=cluster.FullFit(200, 9, cluster.DEFAULT_SEED, 5, 0.95)) is None  # 9 changed before
     assert update(2, last_fit=cluster.FullFit(200, 0, 7, 5, 0.95)) is None         # fitted with another seed
-    # 42 more rows are a small share of a fit on 4,000 rows, but 242 rows make k = int(sqrt(121)) = 11.
+    # 42 more rows are a small share of a fit on 4,000 rows: 242 rows would make int(sqrt(121)) = 11,
+    # but the fitted 10 clusters stay until the share calls for a refit.
     more = np.concatenate([rows, extra[:42]])
-    assert cluster.update_without_refit(
+    kept = cluster.update_without_refit(
         ids + [f"n{i}" for i in range(42)], more, centroids, members, cluster.FullFit(4000, 0, cluster.DEFAULT_SEED, 5, 0.95)
-    ) is None
+    )
+    assert kept is not None and len(kept.added) == 42 and set(kept.row_keys) == set(members)
+    assert len(members) == 10 and cluster.cluster_count(len(more)) == 11
 
 
 def test_swapping_in_new_rows_keeps_the_rest_of_the_selection_and_settles() -> None:
