@@ -200,18 +200,18 @@ def bench_servers(groups: list[MergeGroup], max_tokens: int, servers: int, workd
         )
         warm_up(backend, groups[0])
         cache = DuckDBResponseCache(workdir / "servers-baseline.duckdb")
-        reports["1 single-thread server, 1 in flight (the issue's baseline)"] = run_merges(
+        reports["1 single-thread server, 1 in flight (the issue's baseline)"] = base = run_merges(
             groups, backend, cache, baseline, gate=None
         )
-    for count in (servers, 1):
+    by_count: dict[int, MergeReport] = {}
+    for count in dict.fromkeys((servers, 1)):  # one run when a single server is the default layout
         config = LLMConfig(backend="llama_cpp", model=LLAMA_MODEL, max_tokens=max_tokens, concurrency=8, servers=count)
         layout, threads = server_layout(count)
         with open_backend(config) as backend:
             warm_up(backend, groups[0])
             cache = DuckDBResponseCache(workdir / f"servers-{count}.duckdb")
-            reports[f"{layout} server(s) x {threads} thread(s), concurrency 8"] = run_merges(
-                groups, backend, cache, config, gate=None
-            )
+            by_count[count] = run_merges(groups, backend, cache, config, gate=None)
+        reports[f"{layout} server(s) x {threads} thread(s), concurrency 8"] = by_count[count]
     for name, report in reports.items():
         print(
             f"{name}: {report.merged / report.wall_s:.3f} merges/s, "
@@ -219,7 +219,7 @@ def bench_servers(groups: list[MergeGroup], max_tokens: int, servers: int, workd
             f"({report.merged} merged, {report.failed} failed, {report.requests} requests in {report.wall_s:.1f}s)",
             flush=True,
         )
-    base, spread, whole = reports.values()
+    spread, whole = by_count[servers], by_count[1]
     for name, report in ((f"{servers} servers", spread), ("1 server with every core", whole)):
         print(
             f"{name} / the issue's baseline: merges/s {(report.merged / report.wall_s) / (base.merged / base.wall_s):.2f}x, "
