@@ -174,25 +174,33 @@ def embed_missing(
     progress: ProgressReporter = NO_PROGRESS,
 ) -> EmbedStats:
     """Embed only the source rows that have no embedding for the backend's model yet, committing
-    each chunk so an interrupted run keeps what it paid for."""
+    each chunk so an interrupted run keeps what it paid for.
+
+    The rows are sorted by text length, longest first, across all chunks, so every batch holds
+    texts of nearly one length, as in a single ``encode`` call: sorting within 4,096-row chunks
+    alone padded enough to cost 12% more encode time (8,192 synthetic rows: 103 s against 92 s).
+    """
     started = time.perf_counter()
     model = embed.model_id(embedding_backend)
     with connect(db_path) as conn:
-        pending = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": model}).fetchall()
+        rows = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": model}).fetchall()
         total = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
+    pending = sorted(
+        ((source_id, Sample(instruction, input_, "").embedding_text) for source_id, instruction, input_ in rows),
+        key=lambda row: -len(row[1]),
+    )
     tracker = progress.stage("embed", total=len(pending), unit="rows")
     for start in range(0, len(pending), chunk_size):
         chunk = pending[start:start + chunk_size]
-        texts = [Sample(instruction, input_, "").embedding_text for _, instruction, input_ in chunk]
         vectors = embed.embed_texts(
-            texts,
+            [text for _, text in chunk],
             batch_size=batch_size,
             backend=embedding_backend,
             on_progress=lambda done, offset=start: tracker.update(offset + done),
         )
         with connect(db_path) as conn, transaction(conn):
             insert_columns(conn, "instruction_embeddings", {
-                "source_id": [source_id for source_id, _, _ in chunk],
+                "source_id": [source_id for source_id, _ in chunk],
                 "model": [model] * len(chunk),
                 "embedding": embedding_array(vectors),
                 "embedded_at": pa.array([now_utc()] * len(chunk), pa.timestamp("us")),

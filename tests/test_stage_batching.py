@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mergeit_core import embed, pairing, select, stages
-from mergeit_core.records import group_id
+from mergeit_core.records import Sample, group_id
 from mergeit_core.store import connect
 
 
@@ -44,3 +44,32 @@ def test_batched_selection_and_pairing_equal_each_cluster_alone(source_dir: Path
             expected_pairs.add(group_id([picked[i] for i in group.members]))
     assert selected == expected_selected
     assert pairs == expected_pairs and pairs
+
+
+def test_embedding_chunks_are_sorted_by_length_across_chunks_and_each_row_keeps_its_vector(
+    source_dir: Path, db_path: Path, monkeypatch
+) -> None:
+    stages.ingest(db_path, [str(source_dir)])
+    encoded_calls: list[list[str]] = []
+    embed_texts = embed.embed_texts
+
+    def recording_embed_texts(texts, **kwargs):
+        encoded_calls.append(list(texts))
+        return embed_texts(texts, **kwargs)
+
+    monkeypatch.setattr(embed, "embed_texts", recording_embed_texts)
+    stats = stages.embed_missing(db_path, chunk_size=16)
+    monkeypatch.undo()
+
+    encoded = [text for call in encoded_calls for text in call]
+    assert len(encoded_calls) == -(-stats.embedded // 16) > 1
+    assert [len(text) for text in encoded] == sorted((len(text) for text in encoded), reverse=True)
+    with connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT s.instruction, s.input, e.embedding FROM source_instructions s "
+            "JOIN instruction_embeddings e USING (source_id) ORDER BY s.source_id"
+        ).fetchall()
+    stored = np.array([row[2] for row in rows], dtype=np.float32)
+    alone = embed.embed_texts([Sample(instruction, input_, "").embedding_text for instruction, input_, _ in rows])
+    assert len(rows) == stats.embedded == stats.total
+    assert np.min(np.sum(stored * alone, axis=1)) > 0.9999
