@@ -3,12 +3,13 @@
 
 The rows are those `mergeit run` embeds from the source (its own ingest: accepted, deduplicated).
 Each backend loads and encodes in a fresh process (the load includes its imports; peak RSS is
-the process's VmHWM), the same texts with the same batch size, once; the ONNX export is made
+the process's VmHWM), the same texts, once, each at its own default batch size (the pipeline's:
+onnx 8, torch 64, sentence-transformers' plain encode) unless --batch-size sets one; the ONNX export is made
 beforehand, untimed. Then, on each backend's vectors, the pipeline's own clustering (PCA 95%,
 KMeans seed 42) and facility-location selection per cluster with the default budget: overlap is
 |selected ∩ selected by torch| / |selected by torch|.
 
-    python bench/bench_embedding.py [--source ../shared/data/mergeit-6k.json] [--batch-size 64]
+    python bench/bench_embedding.py [--source ../shared/data/mergeit-6k.json] [--batch-size N]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from mergeit_core import embed
 texts = json.load(open(sys.argv[1], encoding="utf-8"))
 embed.load_model(backend=sys.argv[2])
 loaded = time.perf_counter()
-vectors = embed.embed_texts(texts, batch_size=int(sys.argv[3]), backend=sys.argv[2])
+vectors = embed.embed_texts(texts, batch_size=int(sys.argv[3]) or None, backend=sys.argv[2])
 encoded = time.perf_counter()
 np.save(sys.argv[4], vectors)
 # VmHWM belongs to this process's own memory map, unlike wait4's maxrss, which keeps the
@@ -53,11 +54,11 @@ print(json.dumps({"load_s": loaded - started, "encode_s": encoded - loaded, "pea
 """
 
 
-def run_backend(backend: str, texts_file: Path, batch_size: int, out: Path) -> dict:
+def run_backend(backend: str, texts_file: Path, batch_size: int | None, out: Path) -> dict:
     """Load and encode in a fresh process; its figures and its peak RSS."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
-        [sys.executable, "-c", ENCODE_ONE_BACKEND, str(texts_file), backend, str(batch_size), str(out)],
+        [sys.executable, "-c", ENCODE_ONE_BACKEND, str(texts_file), backend, str(batch_size or 0), str(out)],
         stdout=subprocess.PIPE, text=True, env=env,
     )
     if result.returncode:
@@ -78,7 +79,7 @@ def selected_rows(vectors: np.ndarray, budget: int) -> set[int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="one for every backend (default: each its own)")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET)
     args = parser.parse_args()
     if not args.source.is_file():
@@ -86,7 +87,7 @@ def main() -> int:
         return 0
 
     texts = [row.sample.embedding_text for row in ingest_sources([args.source], {}).accepted]
-    print(f"{len(texts)} rows from {args.source}, batch size {args.batch_size}, budget {args.budget}; "
+    print(f"{len(texts)} rows from {args.source}, batch size {args.batch_size or 'each backend its own'}, budget {args.budget}; "
           f"load average {os.getloadavg()[0]:.2f} at the start")
     from mergeit_core import embed_onnx
 
@@ -105,13 +106,14 @@ def main() -> int:
 
     reference = results["torch"]
     reference_selection = selected_rows(reference["vectors"], args.budget)
-    header = ("backend", "load s", "encode s", "encode vs torch", "cos min", "cos mean", "selected", "overlap", "peak RSS MiB")
+    header = ("backend", "batch", "load s", "encode s", "encode vs torch", "cos min", "cos mean", "selected", "overlap", "peak RSS MiB")
     print(" | ".join(header))
     for backend, figures in results.items():
         cosine = np.einsum("ij,ij->i", figures["vectors"], reference["vectors"])
         selection = selected_rows(figures["vectors"], args.budget) if backend != "torch" else reference_selection
         print(" | ".join([
             backend,
+            str(args.batch_size or embed.default_batch_size(backend)),
             f"{figures['load_s']:.2f}",
             f"{figures['encode_s']:.1f}",
             f"{reference['encode_s'] / figures['encode_s']:.2f}x",

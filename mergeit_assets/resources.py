@@ -36,7 +36,9 @@ class PipelineSettings(dg.ConfigurableResource):
     similarity_threshold: float = Field(default=0.55, description="Cosine similarity a merge group must exceed.")
     max_group_size: int = Field(default=2, description="Largest merge group.")
     kmeans_seed: int = Field(default=42)
-    embed_batch_size: int = Field(default=64)
+    embed_batch_size: int | None = Field(
+        default=None, description="Texts per encode batch; empty: the backend's own (onnx 8, torch 64)."
+    )
     embedding_backend: str = Field(
         default=embed.DEFAULT_BACKEND,
         description="onnx (ONNX Runtime on the CPU, no torch at run time) or torch (sentence-transformers); the same vectors.",

@@ -92,7 +92,7 @@ class OnnxEncoder:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_SEQ_LENGTH)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         vectors = np.empty((len(texts), _HIDDEN_SIZE), dtype=np.float32)
         order = np.argsort([-len(text) for text in texts], kind="stable")
         for start in range(0, len(order), batch_size):

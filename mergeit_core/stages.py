@@ -168,7 +168,7 @@ class EmbedStats:
 def embed_missing(
     db_path: str | Path,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     chunk_size: int = 4096,
     embedding_backend: str = embed.DEFAULT_BACKEND,
     progress: ProgressReporter = NO_PROGRESS,

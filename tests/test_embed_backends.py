@@ -64,6 +64,30 @@ def test_onnx_vectors_match_the_torch_model_in_input_order(
     assert done[-1] == len(sample_texts)
 
 
+def test_without_a_batch_size_each_backend_encodes_at_its_own_and_the_vectors_do_not_depend_on_it(
+    onnx_dir: Path, sample_texts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: dict[str, list[int]] = {"onnx": [], "torch": []}
+    load_model = embed.load_model
+
+    def recording_load_model(device: str = "cpu", backend: str = embed.DEFAULT_BACKEND):
+        encode = load_model(device, backend)
+
+        def recording_encode(texts: list[str], batch_size: int) -> np.ndarray:
+            asked[backend].append(batch_size)
+            return encode(texts, batch_size)
+
+        return recording_encode
+
+    monkeypatch.setattr(embed, "load_model", recording_load_model)
+    by_default = embed.embed_texts(sample_texts, backend="onnx")
+    embed.embed_texts(sample_texts[:3], backend="torch")
+    at_64 = embed.embed_texts(sample_texts, backend="onnx", batch_size=64)
+    # Small batches on the CPU (onnx), GPU-sized ones for torch, unless one is asked for.
+    assert asked == {"onnx": [8, 64], "torch": [64]}
+    np.testing.assert_allclose(by_default, at_64, atol=1e-5)
+
+
 def test_long_texts_are_truncated_at_256_tokens_as_sentence_transformers_does(onnx_dir: Path) -> None:
     long_text = " ".join(f"word{i} is a token or three" for i in range(400))
     texts = [long_text, long_text + " and then some more words past the cut", "a short text"]
