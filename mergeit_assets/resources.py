@@ -57,6 +57,12 @@ class PipelineSettings(dg.ConfigurableResource):
         settings.check_threshold(value)
         return value
 
+    @field_validator("embed_batch_size")
+    @classmethod
+    def _embed_batch_size(cls, value: int | None) -> int | None:
+        settings.check_embed_batch_size(value)
+        return value
+
     @field_validator("embedding_backend")
     @classmethod
     def _embedding_backend(cls, value: str) -> str:

@@ -95,6 +95,11 @@ def check_budget(budget: int) -> None:
         raise SettingError(f"budget must be at least 1 row per cluster, got {budget}")
 
 
+def check_embed_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise SettingError(f"embed batch size must be at least 1 text, got {batch_size}")
+
+
 def check_threshold(threshold: float) -> None:
     if not 0 < threshold <= 1:
         raise SettingError(f"threshold is a cosine similarity in (0, 1], got {threshold}")

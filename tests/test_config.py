@@ -50,14 +50,21 @@ def test_run_config_overrides_resources_as_the_launchpad_does(tmp_path: Path) ->
     assert result.asset_materializations_for_node("source_instructions")[0].metadata["dagster/row_count"].value == 308
 
 
-def test_run_config_values_obey_the_same_rules(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"selection_budget": 0}, "budget must be at least 1 row per cluster, got 0"),
+        ({"embed_batch_size": 0}, "embed batch size must be at least 1 text, got 0"),
+    ],
+)
+def test_run_config_values_obey_the_same_rules(tmp_path: Path, setting: dict, message: str) -> None:
     with dg.instance_for_test() as instance, pytest.raises(dg.DagsterResourceFunctionError) as failure:
         dg.materialize(
             pipeline.ALL_ASSETS, selection=[pipeline.selection.source_instructions], instance=instance,
             resources=build_resources(tmp_path / "m.duckdb"),
-            run_config={"resources": {"pipeline": {"config": {"sources": [str(BUNDLED_SAMPLE)], "selection_budget": 0}}}},
+            run_config={"resources": {"pipeline": {"config": {"sources": [str(BUNDLED_SAMPLE)], **setting}}}},
         )
-    assert "budget must be at least 1 row per cluster, got 0" in str(failure.value.__cause__)
+    assert message in str(failure.value.__cause__)
 
 
 def test_overrides_win_over_the_environment_in_new_resources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
