@@ -4,7 +4,7 @@
 The rows are those `mergeit run` embeds from the source (its own ingest: accepted, deduplicated).
 Each backend loads and encodes in a fresh process (the load includes its imports; peak RSS is
 the process's VmHWM), the same texts, once, each at its own default batch size (the pipeline's:
-onnx 8, torch 64, sentence-transformers' plain encode) unless --batch-size sets one; the ONNX export is made
+onnx 1 on a worker per CPU, torch 64, sentence-transformers' plain encode) unless --batch-size sets one; the ONNX export is made
 beforehand, untimed. Then, on each backend's vectors, the pipeline's own clustering (PCA 95%,
 KMeans seed 42) and facility-location selection per cluster with the default budget: overlap is
 |selected ∩ selected by torch| / |selected by torch|.

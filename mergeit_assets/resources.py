@@ -37,7 +37,7 @@ class PipelineSettings(dg.ConfigurableResource):
     max_group_size: int = Field(default=2, description="Largest merge group.")
     kmeans_seed: int = Field(default=42)
     embed_batch_size: int | None = Field(
-        default=None, description="Texts per encode batch; empty: the backend's own (onnx 8, torch 64)."
+        default=None, description="Texts per encode batch; empty: the backend's own (onnx 1, torch 64)."
     )
     embedding_backend: str = Field(
         default=embed.DEFAULT_BACKEND,

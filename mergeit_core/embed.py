@@ -20,10 +20,11 @@ EMBEDDING_DIM = 384
 DEFAULT_BACKEND = "onnx"
 BACKENDS = ("onnx", "torch")
 # Texts per encode batch when none is given. On the CPU small batches are faster: a batch of 64
-# long texts holds 64 x 12 heads x 256 x 256 attention scores (200 MB), far beyond the caches
-# (MergeIT-6k on 2 cores: 23.6 s at 8 against 30.5 s at 64, the same rows selected). The torch
-# backend keeps 64, which a GPU needs to be busy.
-DEFAULT_BATCH_SIZES = {"onnx": 8, "torch": 64}
+# long texts holds 64 x 12 heads x 256 x 256 attention scores (200 MB), far beyond the caches,
+# and a batch of one text pads nothing (MergeIT-6k on 2 cores, onnx on two single-core workers:
+# 19.4 s one text at a time, 21.0 s at 8; 30.5 s at 64 before the workers, the same rows
+# selected). The torch backend keeps 64, which a GPU needs to be busy.
+DEFAULT_BATCH_SIZES = {"onnx": 1, "torch": 64}
 
 Encoder = Callable[[list[str], int], np.ndarray]  # (texts, batch_size) -> normalised rows, input order
 
@@ -117,7 +118,9 @@ def embed_texts(
         return encode(list(texts), batch_size)
     order = np.argsort([-len(text) for text in texts], kind="stable")
     vectors = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
-    step = batch_size * _BATCHES_PER_REPORT
+    # Whole batches, so a slice holds the batches one call would; enough texts that the
+    # encoder's workers are not left waiting at the end of every slice.
+    step = batch_size * max(_BATCHES_PER_REPORT, -(-_TEXTS_PER_REPORT // batch_size))
     for start in range(0, len(order), step):
         indices = order[start:start + step]
         vectors[indices] = encode([texts[i] for i in indices], batch_size)
@@ -126,4 +129,5 @@ def embed_texts(
 
 
 _BATCHES_PER_REPORT = 4
+_TEXTS_PER_REPORT = 512
 

@@ -23,12 +23,14 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from mergeit_core.cpus import usable_cpus
 from mergeit_core.settings import cache_folder
 
 ONNX_DIR_ENV = "MERGEIT_ONNX_DIR"
@@ -79,25 +81,46 @@ def model_path(model_dir: Path | None = None) -> Path:
 
 class OnnxEncoder:
     """Encodes texts as sentence-transformers does: truncated at 256 tokens, batches of texts
-    sorted longest first and padded to the batch's longest, mean-pooled and L2-normalised."""
+    sorted longest first and padded to the batch's longest, mean-pooled and L2-normalised.
 
-    def __init__(self, onnx_file: Path, tokenizer_file: Path) -> None:
+    Batches run on ``workers`` threads at once, each session run on one core: ONNX Runtime
+    releases the GIL, and small batches split over cores in one run spend more time handing work
+    between threads than computing (MergeIT-6k on 2 cores, batches of one text: 19.4 s on two
+    single-core workers against 21.4 s with both cores in each run; bench/README.md, goal 5).
+    """
+
+    def __init__(self, onnx_file: Path, tokenizer_file: Path, workers: int | None = None) -> None:
         import onnxruntime
         from tokenizers import Tokenizer
 
-        self.session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        self.workers = workers or usable_cpus()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            str(onnx_file), options, providers=["CPUExecutionProvider"]
+        )
         # The packaged tokenizer.json pads to a fixed 128 and truncates there; the model's
         # sentence-transformers config reads 256 tokens and pads per batch.
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_SEQ_LENGTH)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mergeit-onnx") if self.workers > 1 else None
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         vectors = np.empty((len(texts), _HIDDEN_SIZE), dtype=np.float32)
         order = np.argsort([-len(text) for text in texts], kind="stable")
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+        def encode_batch(indices: np.ndarray) -> None:
             vectors[indices] = self._encode_batch([texts[i] for i in indices])
+
+        if self._pool is None or len(batches) == 1:
+            for indices in batches:
+                encode_batch(indices)
+        else:
+            for _ in self._pool.map(encode_batch, batches):  # re-raises a batch's error here
+                pass
         return vectors
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:

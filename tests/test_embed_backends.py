@@ -84,8 +84,27 @@ def test_without_a_batch_size_each_backend_encodes_at_its_own_and_the_vectors_do
     embed.embed_texts(sample_texts[:3], backend="torch")
     at_64 = embed.embed_texts(sample_texts, backend="onnx", batch_size=64)
     # Small batches on the CPU (onnx), GPU-sized ones for torch, unless one is asked for.
-    assert asked == {"onnx": [8, 64], "torch": [64]}
+    assert asked == {"onnx": [1, 64], "torch": [64]}
     np.testing.assert_allclose(by_default, at_64, atol=1e-5)
+
+
+def test_the_workers_encode_batches_side_by_side_and_return_the_rows_in_input_order(
+    onnx_dir: Path, sample_texts: list[str], torch_vectors: np.ndarray
+) -> None:
+    model_dir = embed_onnx.model_files_dir()
+    one, three = (
+        embed_onnx.OnnxEncoder(embed_onnx.model_path(model_dir), model_dir / "tokenizer.json", workers=workers)
+        for workers in (1, 3)
+    )
+    in_turn = one.encode(sample_texts, 2)
+    side_by_side = three.encode(sample_texts, 2)
+    # The same batches through the same single-core session runs: the same vectors, bit for bit.
+    np.testing.assert_array_equal(side_by_side, in_turn)
+    assert np.einsum("ij,ij->i", side_by_side, torch_vectors).min() >= LEAST_COSINE
+    # A batch that fails fails the call, not silently leaves its rows unset.
+    three.tokenizer = None
+    with pytest.raises(AttributeError):
+        three.encode(sample_texts[:5], 1)
 
 
 def test_long_texts_are_truncated_at_256_tokens_as_sentence_transformers_does(onnx_dir: Path) -> None:

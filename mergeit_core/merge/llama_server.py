@@ -18,6 +18,7 @@ from typing import IO, Self
 
 import httpx
 
+from mergeit_core.cpus import usable_cpus
 from mergeit_core.models import KNOWN_MODELS, default_gguf_path, gguf_for, gguf_location
 from mergeit_core.settings import SettingError
 
@@ -28,10 +29,6 @@ def _free_local_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _restore_default_signals() -> None:
@@ -202,7 +199,7 @@ class LlamaCppServer(LocalModelServer):
         # step, so a thread losing its core to another process stalls all of them (measured on
         # 2 shared cores: 1 thread 22 tok/s steady, 2 threads 4-12 tok/s). Small models gain
         # little beyond 8 threads.
-        self.threads = threads or min(max(_usable_cpus() - 1, 1), 8)
+        self.threads = threads or min(max(usable_cpus() - 1, 1), 8)
 
     def _check_model(self) -> None:
         if not self.model_path.is_file():
@@ -250,7 +247,7 @@ MAX_DEFAULT_SERVERS = 4
 def server_layout(servers: int | None = None) -> tuple[int, int]:
     """(servers, threads per server) for this machine: by default one single-thread server per
     usable core up to MAX_DEFAULT_SERVERS, the cores then shared out evenly."""
-    cpus = _usable_cpus()
+    cpus = usable_cpus()
     count = servers or min(cpus, MAX_DEFAULT_SERVERS)
     return count, max(cpus // count, 1)
 
