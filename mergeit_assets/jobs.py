@@ -11,7 +11,6 @@ from mergeit_assets.assets.selection import (
     source_instructions,
     topic_clusters,
 )
-from mergeit_assets.partitions import clusters_partitions
 
 ingest_and_cluster_job = dg.define_asset_job(
     "ingest_and_cluster",
@@ -22,6 +21,5 @@ ingest_and_cluster_job = dg.define_asset_job(
 refresh_cluster_job = dg.define_asset_job(
     "refresh_cluster",
     selection=[selected_subset, merge_pairs, merged_samples],
-    partitions_def=clusters_partitions,
     description="Select, group and merge one cluster, or a range of clusters in one run.",
 )
