@@ -93,7 +93,7 @@ class OnnxEncoder:
         import onnxruntime
         from tokenizers import Tokenizer
 
-        self.workers = workers or usable_cpus()
+        workers = workers or usable_cpus()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -105,7 +105,7 @@ class OnnxEncoder:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_SEQ_LENGTH)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mergeit-onnx") if self.workers > 1 else None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mergeit-onnx") if workers > 1 else None
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         vectors = np.empty((len(texts), _HIDDEN_SIZE), dtype=np.float32)
@@ -115,12 +115,9 @@ class OnnxEncoder:
         def encode_batch(indices: np.ndarray) -> None:
             vectors[indices] = self._encode_batch([texts[i] for i in indices])
 
-        if self._pool is None or len(batches) == 1:
-            for indices in batches:
-                encode_batch(indices)
-        else:
-            for _ in self._pool.map(encode_batch, batches):  # re-raises a batch's error here
-                pass
+        run = map if self._pool is None else self._pool.map
+        for _ in run(encode_batch, batches):  # re-raises a batch's error here
+            pass
         return vectors
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
