@@ -113,13 +113,17 @@ def _invocation(args: argparse.Namespace) -> str:
     return fingerprint.invocation_hash(flags, os.environ)
 
 
+def _print_instance(home: Path, database: Path) -> None:
+    print(f"Dagster runs recorded in {home} (view them with {instance_home.dagster_dev_command(home, database)})")
+
+
 def _print_unchanged(database: Path, home: Path, previous: fingerprint.CompleteRun, started: float) -> None:
     note = (
         f"nothing changed since run {previous.run_id} ({previous.finished_at:%Y-%m-%d %H:%M:%S} UTC): "
         "same source files and settings, nothing rerun; "
     )
     _print_summary(str(database), time.perf_counter() - started, note)
-    print(f"Dagster runs recorded in {home} (view them with DAGSTER_HOME={home} MERGEIT_DB={database} dagster dev)")
+    _print_instance(home, database)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -154,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_unchanged(database, home, graph_run.unchanged_since, started)
         return 0
     _print_summary(str(database), time.perf_counter() - started)
-    print(f"Dagster runs recorded in {home} (view them with DAGSTER_HOME={home} MERGEIT_DB={database} dagster dev)")
+    _print_instance(home, database)
     return 0
 
 

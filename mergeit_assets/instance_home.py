@@ -9,12 +9,15 @@ partitions, and the UI would show partitions of a file it does not read.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from mergeit_core.settings import SettingError
 
 PAIRING_FILE = "mergeit_database"
 REPO_HOME = Path("dagster_home")
+# Named in the command so it loads from any folder, not only where pyproject.toml's [tool.dagster] is.
+DEFINITIONS_MODULE = "mergeit_assets.definitions"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -92,3 +95,11 @@ def prepare(home: Path, database: Path) -> None:
     if not config.is_file():
         config.write_text(instance_config_template().read_text(encoding="utf-8"), encoding="utf-8")
     pair(home, database)
+
+
+def dagster_dev_command(home: Path, database: Path) -> str:
+    """The shell command that opens the UI on ``home``'s runs of ``database``, from any folder."""
+    return (
+        f"DAGSTER_HOME={shlex.quote(str(home))} MERGEIT_DB={shlex.quote(str(database))} "
+        f"dagster dev -m {DEFINITIONS_MODULE}"
+    )

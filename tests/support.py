@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,14 +115,16 @@ def dagster_dev(
     timeout_s: float = 180,
     ready: Callable[[int], bool] = serves_the_asset_graph,
     cwd: Path = REPO_ROOT,
+    command: Sequence[str] = ("dagster", "dev"),
 ) -> Iterator[int]:
-    """`dagster dev` from the repository root on 127.0.0.1, in its own session with default
-    signal handlers; yields its port once ``ready(port)`` (by default: the webserver answers with
-    the asset graph), and stops every process it started, whatever happens."""
+    """``command`` (`dagster dev`, from the repository root unless ``cwd`` says otherwise) on
+    127.0.0.1, in its own session with default signal handlers; yields its port once
+    ``ready(port)`` (by default: the webserver answers with the asset graph), and stops every
+    process it started, whatever happens."""
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            ["dagster", "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd,
+            [*command, "-h", "127.0.0.1", "-p", str(port)], cwd=cwd,
             env={**os.environ, **env, "DAGSTER_HOME": str(home)},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=restore_default_signals,
         )

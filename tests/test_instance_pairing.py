@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def two_databases(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name in ("a", "b"):
             result = run_mergeit("run", name, "--db", f"{name}.duckdb", cwd=workdir, env=env)
             assert result.returncode == 0, result.stderr[-3000:]
+            (workdir / f"{name}.summary").write_text(result.stdout)
     return workdir
 
 
@@ -72,6 +75,14 @@ def test_an_instance_serving_another_database_is_refused(two_databases: Path) ->
     assert instance_partitions(two_databases / "dagster_home") == cluster_keys(two_databases / "a.duckdb")
 
 
+def loaded_partitions(data: dict) -> set[str]:
+    """The `clusters` partition keys a loaded code location shows for merged_samples."""
+    location = data["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"]
+    assert location["__typename"] == "RepositoryLocation", location
+    [node] = [n for n in data["assetNodes"] if n["assetKey"]["path"] == ["merged_samples"]]
+    return set(node["partitionKeys"])
+
+
 def workspace_loaded(port: int) -> bool:
     entries = graphql(port, PARTITIONS_QUERY)["data"]["workspaceOrError"]["locationEntries"]
     return bool(entries and entries[0]["locationOrLoadError"])
@@ -83,12 +94,25 @@ def test_dagster_dev_shows_the_partitions_of_the_file_it_reads(two_databases: Pa
     env = {"MERGEIT_DB": str(db), "MERGEIT_SOURCES": str(two_databases / "a")}
     with dagster_dev(home, env, two_databases / "dev.log", ready=workspace_loaded) as port:
         data = graphql(port, PARTITIONS_QUERY)["data"]
-    location = data["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"]
     if database == "a":
-        assert location["__typename"] == "RepositoryLocation"
-        [node] = [n for n in data["assetNodes"] if n["assetKey"]["path"] == ["merged_samples"]]
-        assert set(node["partitionKeys"]) == cluster_keys(db)
+        assert loaded_partitions(data) == cluster_keys(db)
     else:  # the instance serves a.duckdb: the code location refuses to load, saying why
+        location = data["workspaceOrError"]["locationEntries"][0]["locationOrLoadError"]
         assert location["__typename"] == "PythonError"
         said = location["message"] + "".join(cause["message"] for cause in location["causes"])
         assert f"serves {two_databases / 'a.duckdb'}, not {db}" in said
+
+
+def test_the_summary_names_a_dagster_dev_command_that_works_where_mergeit_ran(two_databases: Path) -> None:
+    """Run from a data folder (no pyproject.toml there), the printed command still loads the
+    project and shows that database's partitions."""
+    summary = (two_databases / "b.summary").read_text()
+    words = shlex.split(re.search(r"view them with (.+)\)$", summary, re.MULTILINE).group(1))
+    env = dict(word.split("=", 1) for word in words[:2])
+    assert env == {"DAGSTER_HOME": str(two_databases / "b.dagster_home"),
+                   "MERGEIT_DB": str(two_databases / "b.duckdb")}
+    assert words[2:4] == ["dagster", "dev"]
+    with dagster_dev(Path(env["DAGSTER_HOME"]), env, two_databases / "dev.log", ready=workspace_loaded,
+                     cwd=two_databases, command=words[2:]) as port:
+        data = graphql(port, PARTITIONS_QUERY)["data"]
+    assert loaded_partitions(data) == cluster_keys(two_databases / "b.duckdb")
