@@ -35,42 +35,63 @@ FLAG_OF_SETTING = {
 }
 
 
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, object]]:
+    """The pipeline and LLM settings the flags give (None: not given)."""
+    pipeline = {
+        "sources": [str(Path(s).resolve()) for s in args.sources] or None,
+        "selection_budget": args.budget,
+        "similarity_threshold": args.threshold,
+        "max_group_size": args.max_group_size,
+        "embedding_backend": args.embedding_backend,
+    }
+    llm = {
+        "backend": args.llm,
+        "model": args.model,
+        "base_url": args.base_url,
+        "concurrency": args.concurrency,
+        "quality_gate": args.quality_gate or None,
+        "structured_output": args.structured_output,
+        "servers": args.servers,
+        "merge_gate": False if args.no_merge_gate else None,
+        **{f"gate_{name}": value for name, value in args.gate_thresholds},
+    }
+    return pipeline, llm
+
+
 def _resources(args: argparse.Namespace) -> dict[str, object]:
     """Validated resources for ``args`` (flags over environment), before anything is written."""
     from pydantic import ValidationError
 
     from mergeit_assets.resources import build_resources
 
-    sources = [str(Path(s).resolve()) for s in args.sources] or None
-    if sources:
-        settings.check_sources_exist(sources)
+    pipeline, llm = _overrides(args)
+    if pipeline["sources"]:
+        settings.check_sources_exist(pipeline["sources"])
     try:
-        return build_resources(
-            args.db,
-            pipeline={
-                "sources": sources,
-                "selection_budget": args.budget,
-                "similarity_threshold": args.threshold,
-                "max_group_size": args.max_group_size,
-                "embedding_backend": args.embedding_backend,
-            },
-            llm={
-                "backend": args.llm,
-                "model": args.model,
-                "base_url": args.base_url,
-                "concurrency": args.concurrency,
-                "quality_gate": args.quality_gate or None,
-                "structured_output": args.structured_output,
-                "servers": args.servers,
-                "merge_gate": False if args.no_merge_gate else None,
-                **{f"gate_{name}": value for name, value in args.gate_thresholds},
-            },
-        )
+        return build_resources(args.db, pipeline=pipeline, llm=llm)
     except ValidationError as error:
         first = error.errors()[0]
         field = first["loc"][0] if first["loc"] else None
         message = str(first.get("ctx", {}).get("error") or first["msg"])
         raise SettingError(f"{FLAG_OF_SETTING.get(field, field)}: {message}" if field else message) from None
+
+
+def _dagster_environment(args: argparse.Namespace, sources: list[str]) -> dict[str, str]:
+    """The MERGEIT_* variables under which `dagster dev` resolves the settings this run used:
+    those set here (less secrets) with the flags given spelled as variables, and the sources as
+    absolute paths. Without them its sensors would rerun the database with other settings."""
+    pipeline, llm = _overrides(args)
+    environment = settings.setting_variables(os.environ)
+    environment.pop(settings.DB_VARIABLE, None)  # the command names the database itself
+    environment |= {
+        settings.setting_variable(name): settings.as_variable_value(value)
+        for name, value in {**pipeline, **llm}.items() if value is not None
+    }
+    if sources != settings.default_sources() or settings.SETTING_VARIABLES["sources"] in environment:
+        environment[settings.SETTING_VARIABLES["sources"]] = settings.as_variable_value(
+            [str(Path(source).resolve()) for source in sources]
+        )
+    return environment
 
 
 def _print_summary(db_path: str, seconds: float, note: str = "") -> None:
@@ -113,17 +134,20 @@ def _invocation(args: argparse.Namespace) -> str:
     return fingerprint.invocation_hash(flags, os.environ)
 
 
-def _print_instance(home: Path, database: Path) -> None:
-    print(f"Dagster runs recorded in {home} (view them with {instance_home.dagster_dev_command(home, database)})")
+def _print_instance(home: Path, database: Path, environment: dict[str, str]) -> None:
+    command = instance_home.dagster_dev_command(home, database, environment)
+    print(f"Dagster runs recorded in {home} (view them, with this run's settings, with {command})")
 
 
-def _print_unchanged(database: Path, home: Path, previous: fingerprint.CompleteRun, started: float) -> None:
+def _print_unchanged(
+    database: Path, home: Path, environment: dict[str, str], previous: fingerprint.CompleteRun, started: float
+) -> None:
     note = (
         f"nothing changed since run {previous.run_id} ({previous.finished_at:%Y-%m-%d %H:%M:%S} UTC): "
         "same source files and settings, nothing rerun; "
     )
     _print_summary(str(database), time.perf_counter() - started, note)
-    _print_instance(home, database)
+    _print_instance(home, database, environment)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -132,9 +156,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     database = Path(args.db).resolve()
     sources = [str(Path(source).resolve()) for source in args.sources] or settings.default_sources()
     # The same command again, on a database nothing wrote to: proven before Dagster or a model loads.
+    environment = _dagster_environment(args, sources)
     previous = fingerprint.repeated_complete_run(database, sources, invocation)
     if previous is not None:
-        _print_unchanged(database, instance_home.choose_home(args.dagster_home, database), previous, started)
+        _print_unchanged(database, instance_home.choose_home(args.dagster_home, database), environment, previous, started)
         return 0
 
     resources = _resources(args)
@@ -155,10 +180,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"mergeit run failed in step {error.step_key}: {error.user_exception}", file=sys.stderr)
             return 1
     if graph_run.unchanged_since is not None:
-        _print_unchanged(database, home, graph_run.unchanged_since, started)
+        _print_unchanged(database, home, environment, graph_run.unchanged_since, started)
         return 0
     _print_summary(str(database), time.perf_counter() - started)
-    _print_instance(home, database)
+    _print_instance(home, database, environment)
     return 0
 
 

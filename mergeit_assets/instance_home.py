@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
+from mergeit_core import settings
 from mergeit_core.settings import SettingError
 
 PAIRING_FILE = "mergeit_database"
@@ -97,9 +99,9 @@ def prepare(home: Path, database: Path) -> None:
     pair(home, database)
 
 
-def dagster_dev_command(home: Path, database: Path) -> str:
-    """The shell command that opens the UI on ``home``'s runs of ``database``, from any folder."""
-    return (
-        f"DAGSTER_HOME={shlex.quote(str(home))} MERGEIT_DB={shlex.quote(str(database))} "
-        f"dagster dev -m {DEFINITIONS_MODULE}"
-    )
+def dagster_dev_command(home: Path, database: Path, environment: Mapping[str, str]) -> str:
+    """The shell command that opens the UI on ``home``'s runs of ``database``, from any folder,
+    with ``environment`` (the MERGEIT_* settings) set."""
+    assignments = {"DAGSTER_HOME": str(home), settings.DB_VARIABLE: str(database), **dict(sorted(environment.items()))}
+    words = [f"{name}={shlex.quote(value)}" for name, value in assignments.items()]
+    return " ".join([*words, "dagster", "dev", "-m", DEFINITIONS_MODULE])

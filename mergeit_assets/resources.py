@@ -19,6 +19,8 @@ from mergeit_core.merge.gate import GateThresholds
 from mergeit_core.merge.llm import LLMConfig
 from mergeit_core.store import connect
 
+_variable = settings.SETTING_VARIABLES
+
 
 class MergeitDuckDB(DuckDBResource):
     """DuckDBResource whose connections bootstrap the schema, retry a busy file with jittered
@@ -80,10 +82,10 @@ class PipelineSettings(dg.ConfigurableResource):
         """Environment defaults, then ``overrides`` (None means "not given")."""
         defaults: dict[str, Callable[[], Any]] = {
             "sources": settings.default_sources,
-            "selection_budget": lambda: settings.env_int("MERGEIT_BUDGET", 75),
-            "similarity_threshold": lambda: settings.env_float("MERGEIT_THRESHOLD", 0.55),
-            "max_group_size": lambda: settings.env_int("MERGEIT_MAX_GROUP_SIZE", 2),
-            "embedding_backend": lambda: settings.env_str("MERGEIT_EMBEDDING_BACKEND", embed.DEFAULT_BACKEND),
+            "selection_budget": lambda: settings.env_int(_variable["selection_budget"], 75),
+            "similarity_threshold": lambda: settings.env_float(_variable["similarity_threshold"], 0.55),
+            "max_group_size": lambda: settings.env_int(_variable["max_group_size"], 2),
+            "embedding_backend": lambda: settings.env_str(_variable["embedding_backend"], embed.DEFAULT_BACKEND),
         }
         return cls(**_resolve(defaults, overrides))
 
@@ -168,24 +170,23 @@ class LLMResource(dg.ConfigurableResource):
     def from_env(cls, **overrides: Any) -> LLMResource:
         """Environment defaults, then ``overrides`` (None means "not given")."""
         defaults: dict[str, Callable[[], Any]] = {
-            "backend": lambda: settings.env_str("MERGEIT_LLM_BACKEND", "llama_cpp"),
-            "model": lambda: settings.env_str("MERGEIT_LLM_MODEL", ""),
-            "base_url": lambda: settings.env_str("MERGEIT_LLM_BASE_URL", None),
-            "api_key_env": lambda: settings.env_str("MERGEIT_LLM_API_KEY_ENV", "OPENAI_API_KEY"),
-            "concurrency": lambda: settings.env_int("MERGEIT_LLM_CONCURRENCY", 8),
-            "quality_gate": lambda: settings.env_flag("MERGEIT_QUALITY_GATE"),
-            "structured_output": lambda: settings.env_str("MERGEIT_LLM_STRUCTURED_OUTPUT", None),
-            "servers": lambda: settings.env_optional_int("MERGEIT_LLM_SERVERS"),
-            "vllm_kv_cache_bytes": lambda: settings.env_optional_int("MERGEIT_VLLM_KV_CACHE_BYTES"),
-            "vllm_structured_output_backend": lambda: settings.env_str("MERGEIT_VLLM_STRUCTURED_OUTPUT_BACKEND", "xgrammar"),
-            "vllm_disable_any_whitespace": lambda: settings.env_optional_bool("MERGEIT_VLLM_DISABLE_ANY_WHITESPACE", True),
-            "vllm_enforce_eager": lambda: settings.env_optional_bool("MERGEIT_VLLM_ENFORCE_EAGER"),
-            "vllm_dtype": lambda: settings.env_str("MERGEIT_VLLM_DTYPE", "auto"),
-            "vllm_max_model_len": lambda: settings.env_int("MERGEIT_VLLM_MAX_MODEL_LEN", 4096),
-            "merge_gate": lambda: settings.env_optional_bool("MERGEIT_MERGE_GATE", True),
-            # MERGEIT_GATE_MIN_OUTPUT_RATIO etc., one per GateThresholds field.
+            "backend": lambda: settings.env_str(_variable["backend"], "llama_cpp"),
+            "model": lambda: settings.env_str(_variable["model"], ""),
+            "base_url": lambda: settings.env_str(_variable["base_url"], None),
+            "api_key_env": lambda: settings.env_str(_variable["api_key_env"], "OPENAI_API_KEY"),
+            "concurrency": lambda: settings.env_int(_variable["concurrency"], 8),
+            "quality_gate": lambda: settings.env_flag(_variable["quality_gate"]),
+            "structured_output": lambda: settings.env_str(_variable["structured_output"], None),
+            "servers": lambda: settings.env_optional_int(_variable["servers"]),
+            "vllm_kv_cache_bytes": lambda: settings.env_optional_int(_variable["vllm_kv_cache_bytes"]),
+            "vllm_structured_output_backend": lambda: settings.env_str(_variable["vllm_structured_output_backend"], "xgrammar"),
+            "vllm_disable_any_whitespace": lambda: settings.env_optional_bool(_variable["vllm_disable_any_whitespace"], True),
+            "vllm_enforce_eager": lambda: settings.env_optional_bool(_variable["vllm_enforce_eager"]),
+            "vllm_dtype": lambda: settings.env_str(_variable["vllm_dtype"], "auto"),
+            "vllm_max_model_len": lambda: settings.env_int(_variable["vllm_max_model_len"], 4096),
+            "merge_gate": lambda: settings.env_optional_bool(_variable["merge_gate"], True),
             **{
-                f"gate_{name}": partial(settings.env_float, f"MERGEIT_GATE_{name.upper()}", getattr(_GATE, name))
+                f"gate_{name}": partial(settings.env_float, settings.setting_variable(f"gate_{name}"), getattr(_GATE, name))
                 for name in GateThresholds.__dataclass_fields__
             },
         }

@@ -2,7 +2,8 @@
 
 1. ``source_files_sensor`` watches the configured sources (the setting `mergeit run` uses) and,
    when a file is added, rewritten or deleted, requests the unpartitioned upstream assets
-   (ingest, embeddings of new rows only, re-clustering).
+   (ingest, embeddings of new rows only, re-clustering). Its first tick compares the files with
+   the ones the database last ingested, not with nothing.
 2. ``stale_clusters_sensor`` fires on each ``topic_clusters`` materialization and requests the
    per-cluster assets for the clusters whose membership changed, as ONE run over the partition
    range from the first to the last of them (the per-cluster assets have
@@ -21,6 +22,8 @@ import json
 import time
 
 import dagster as dg
+from duckdb import ConnectionException as DuckDBConnectionException
+from duckdb import IOException as DuckDBIOException
 
 from mergeit_assets.assets.selection import topic_clusters
 from mergeit_assets.jobs import ingest_and_cluster_job, refresh_cluster_job
@@ -40,6 +43,8 @@ STALE_CLUSTERS_TAG = "mergeit/stale_clusters"
 # Seconds between sensor evaluations; lower them (e.g. in tests) through the environment.
 SENSOR_INTERVAL_S = settings.env_int("MERGEIT_SENSOR_INTERVAL_S", 15)
 AUTOMATION_INTERVAL_S = settings.env_int("MERGEIT_AUTOMATION_INTERVAL_S", 30)
+# Well inside a sensor evaluation's time limit: a database still busy is retried next tick.
+DATABASE_WAIT_S = 10.0
 
 
 @dg.sensor(
@@ -48,8 +53,16 @@ AUTOMATION_INTERVAL_S = settings.env_int("MERGEIT_AUTOMATION_INTERVAL_S", 30)
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="New, rewritten or deleted source files -> ingest, embed, re-cluster.",
 )
-def source_files_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineSettings):
-    previous = WatchState.from_json(json.loads(context.cursor) if context.cursor else None)
+def source_files_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineSettings, duckdb: MergeitDuckDB):
+    if context.cursor:
+        previous = WatchState.from_json(json.loads(context.cursor))
+    else:
+        # A new cursor (a new instance, or the sensor reset) starts from what the database holds,
+        # so files that `mergeit run` or an earlier instance already ingested are no change.
+        try:
+            previous = WatchState.from_ingested(stages.ingested_source_files(duckdb.database, timeout_s=DATABASE_WAIT_S))
+        except (DuckDBIOException, DuckDBConnectionException) as error:
+            return dg.SkipReason(f"database not readable (a long write?), trying again next tick: {error}")
     try:
         scan = scan_sources(pipeline.sources, previous, now=time.time())
     except SourceError as error:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mergeit_core import embed, models
+from mergeit_core import embed, models, settings
 from mergeit_core.ingest import scan_source_paths
 from mergeit_core.merge.gate import GateThresholds
 from mergeit_core.merge.llm import LLMConfig, model_identity
@@ -94,23 +94,13 @@ def sources_hash(sources: Sequence[str | Path]) -> str:
     return stable_hash([files, unread], length=64)
 
 
-# Variables that may hold a secret: never hashed, even though only a hash would be stored.
-_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-API_KEY_ENV_VARIABLE = "MERGEIT_LLM_API_KEY_ENV"
-
-
 def invocation_hash(flags: Mapping[str, object], environ: Mapping[str, str]) -> str:
     """What a `mergeit run` was asked, as given: its flags, the MERGEIT_* variables (less any that
     may hold a secret, and the one named by $MERGEIT_LLM_API_KEY_ENV), the code of mergeit_core,
     mergeit_assets and the SQL (defaults live there), and the models folder's listing (a bare
     model name resolves to a file there). Equal hashes resolve to equal settings; unequal ones
     prove nothing, and the full check compares the resolved settings."""
-    key_variable = environ.get(API_KEY_ENV_VARIABLE)
-    variables = {
-        name: value for name, value in environ.items()
-        if name.startswith("MERGEIT_") and name != key_variable
-        and (name.endswith("_ENV") or not any(word in name for word in _SECRET_WORDS))
-    }
+    variables = settings.setting_variables(environ)
     package_root = Path(__file__).resolve().parent
     code = code_hash((package_root, package_root.parent / "mergeit_assets", sql_dir()))
     return stable_hash(

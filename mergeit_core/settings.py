@@ -4,7 +4,7 @@ shared by the CLI, Dagster's run config and the sensors."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +21,61 @@ class SettingError(ValueError):
     """A setting has a value the pipeline cannot run with; the message names the setting."""
 
 
+# Each setting's environment variable, by its resource field name: the one place they are named.
+SETTING_VARIABLES: dict[str, str] = {
+    "sources": "MERGEIT_SOURCES",
+    "selection_budget": "MERGEIT_BUDGET",
+    "similarity_threshold": "MERGEIT_THRESHOLD",
+    "max_group_size": "MERGEIT_MAX_GROUP_SIZE",
+    "embedding_backend": "MERGEIT_EMBEDDING_BACKEND",
+    "backend": "MERGEIT_LLM_BACKEND",
+    "model": "MERGEIT_LLM_MODEL",
+    "base_url": "MERGEIT_LLM_BASE_URL",
+    "api_key_env": "MERGEIT_LLM_API_KEY_ENV",
+    "concurrency": "MERGEIT_LLM_CONCURRENCY",
+    "quality_gate": "MERGEIT_QUALITY_GATE",
+    "structured_output": "MERGEIT_LLM_STRUCTURED_OUTPUT",
+    "servers": "MERGEIT_LLM_SERVERS",
+    "merge_gate": "MERGEIT_MERGE_GATE",
+    "vllm_kv_cache_bytes": "MERGEIT_VLLM_KV_CACHE_BYTES",
+    "vllm_structured_output_backend": "MERGEIT_VLLM_STRUCTURED_OUTPUT_BACKEND",
+    "vllm_disable_any_whitespace": "MERGEIT_VLLM_DISABLE_ANY_WHITESPACE",
+    "vllm_enforce_eager": "MERGEIT_VLLM_ENFORCE_EAGER",
+    "vllm_dtype": "MERGEIT_VLLM_DTYPE",
+    "vllm_max_model_len": "MERGEIT_VLLM_MAX_MODEL_LEN",
+}
+DB_VARIABLE = "MERGEIT_DB"
+# Variables that may hold a secret: never hashed or printed.
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def setting_variable(field_name: str) -> str:
+    """The environment variable of a resource field; merge gate thresholds are MERGEIT_GATE_<NAME>."""
+    if field_name.startswith("gate_"):
+        return f"MERGEIT_GATE_{field_name.removeprefix('gate_').upper()}"
+    return SETTING_VARIABLES[field_name]
+
+
+def as_variable_value(value: object) -> str:
+    """A setting's value as its environment variable spells it (paths joined by ``os.pathsep``)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple)):
+        return os.pathsep.join(str(part) for part in value)
+    return str(value)
+
+
+def setting_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """The MERGEIT_* variables of ``environ`` less any that may hold a secret, and less the one
+    named by $MERGEIT_LLM_API_KEY_ENV (its value is the key)."""
+    key_variable = environ.get(SETTING_VARIABLES["api_key_env"])
+    return {
+        name: value for name, value in environ.items()
+        if name.startswith("MERGEIT_") and name != key_variable
+        and (name.endswith("_ENV") or not any(word in name for word in _SECRET_WORDS))
+    }
+
+
 def _env_list(name: str) -> list[str] | None:
     value = os.environ.get(name, "").strip()
     return [part for part in value.split(os.pathsep) if part] if value else None
@@ -28,7 +83,7 @@ def _env_list(name: str) -> list[str] | None:
 
 def default_sources() -> list[str]:
     """``MERGEIT_SOURCES`` (paths separated by ``os.pathsep``), else the bundled sample."""
-    return _env_list("MERGEIT_SOURCES") or [str(BUNDLED_SAMPLE)]
+    return _env_list(SETTING_VARIABLES["sources"]) or [str(BUNDLED_SAMPLE)]
 
 
 def cache_folder(name: str, env_variable: str) -> Path:
@@ -40,7 +95,7 @@ def cache_folder(name: str, env_variable: str) -> Path:
 
 
 def default_db_path() -> str:
-    return os.environ.get("MERGEIT_DB", DEFAULT_DB)
+    return os.environ.get(DB_VARIABLE, DEFAULT_DB)
 
 
 def _env_number(name: str, default: N, parse: Callable[[str], N], kind: str) -> N:

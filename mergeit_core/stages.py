@@ -358,6 +358,12 @@ def stale_partitions(db_path: str | Path) -> list[str]:
     return [key for (key,) in rows]
 
 
+def ingested_source_files(db_path: str | Path, *, timeout_s: float = 120.0) -> dict[str, tuple[int, str]]:
+    """path -> (size, sha256) of every file the last ingest read."""
+    with connect(db_path, timeout_s=timeout_s) as conn:
+        rows = run_sql(conn, "pipeline/ingested_source_files.sql").fetchall()
+    return {path: (size, sha256) for path, size, sha256 in rows}
+
 
 # --- selected_subset -----------------------------------------------------------------------------
 

@@ -40,6 +40,12 @@ class WatchState:
         data = data or {}
         return cls(dict(data.get("files", {})), dict(data.get("settling", {})))
 
+    @classmethod
+    def from_ingested(cls, ingested: Mapping[str, tuple[int, str]]) -> WatchState:
+        """A state that knows each file by its ingested size and hash but not its mtime, so the
+        first scan hashes every file and reports only those whose bytes differ from the ingest's."""
+        return cls({path: {"size": size, "mtime_ns": None, "sha256": sha256} for path, (size, sha256) in ingested.items()})
+
 
 @dataclass(frozen=True)
 class ScanResult:

@@ -51,6 +51,16 @@ def start_sensor(port: int, name: str) -> None:
     assert result["data"]["startSensor"]["__typename"] == "Sensor", result
 
 
+def sensor_ticks(port: int, name: str) -> list[dict]:
+    """A sensor's latest ticks, newest first: status, skipReason, runIds."""
+    selector = f'{{{_repository_selector(port)}, sensorName: "{name}"}}'
+    answer = graphql(port, f"""{{ sensorOrError(sensorSelector: {selector}) {{ __typename
+        ... on Sensor {{ sensorState {{ ticks(limit: 5) {{ status skipReason runIds }} }} }} }} }}""")
+    sensor = answer["data"]["sensorOrError"]
+    assert sensor["__typename"] == "Sensor", answer
+    return sensor["sensorState"]["ticks"]
+
+
 def launch_partition_run(port: int, job_name: str, partition_key: str) -> str:
     """Launch one partition of a job, as the UI's launchpad does; returns the run id."""
     selector = f'{{{_repository_selector(port)}, jobName: "{job_name}"}}'

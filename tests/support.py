@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -56,6 +58,21 @@ def run_mergeit(
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def printed_command(summary: str) -> tuple[dict[str, str], list[str]]:
+    """The variables and the command words of the summary's `dagster dev` command."""
+    words = shlex.split(re.search(r"with this run's settings, with (.+)\)$", summary, re.MULTILINE).group(1))
+    assignments = [word for word in words if re.fullmatch(r"[A-Z_]+=.*", word)]
+    return dict(word.split("=", 1) for word in assignments), words[len(assignments):]
+
+
+def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, poll_s: float = 2.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` past ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s:.0f} s"
+        time.sleep(poll_s)
 
 
 def free_port() -> int:

@@ -4,14 +4,16 @@ endpoint, through the installed command as a user runs it. Bad values are refuse
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from llm_support import Reply, ScriptedServer, concatenated_merge
-from support import bundled_rows, run_mergeit, write_jsonl
+from support import bundled_rows, printed_command, run_mergeit, write_jsonl
 
+from mergeit_assets import cli
 from mergeit_core.settings import BUNDLED_SAMPLE
 from mergeit_core.store import connect
 
@@ -96,6 +98,29 @@ def test_the_same_settings_asked_otherwise_are_proven_unchanged_the_long_way_the
     fast = run_mergeit(*otherwise, "--base-url", base_url, cwd=db.parent, env=profiled)
     assert "nothing changed since run" in fast.stdout, fast.stdout
     assert "dagster" not in imported_modules(fast)
+
+
+def test_the_printed_dagster_dev_command_resolves_the_settings_this_run_used(
+    flagged_run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dagster dev` sees settings only through MERGEIT_* variables: the ones the summary prints
+    must build the resources the flags built, or its sensors would redo the run otherwise."""
+    db, result, _, _, (argv, base_url, contrary_env) = flagged_run
+
+    def resources_under(environment: dict[str, str], args: list[str]) -> dict:
+        for name in [name for name in os.environ if name.startswith("MERGEIT_")]:
+            monkeypatch.delenv(name)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        return cli._resources(cli.build_parser().parse_args(["run", *args]))
+
+    asked = resources_under(contrary_env, [*argv[1:], "--base-url", base_url])
+    environment, command = printed_command(result.stdout)
+    assert command == ["dagster", "dev", "-m", "mergeit_assets.definitions"]
+    seen = resources_under(environment, [])
+    assert seen["pipeline"].model_dump() == asked["pipeline"].model_dump()
+    assert seen["llm"].model_dump() == asked["llm"].model_dump()
+    assert seen["duckdb"].database == str(db)
 
 
 def test_sources_flags_replace_the_bundled_sample(flagged_run, sources) -> None:

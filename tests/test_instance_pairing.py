@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import re
-import shlex
 import shutil
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from daemon_support import sensor_ticks
 from llm_support import ScriptedServer
-from support import REPO_ROOT, bundled_rows, dagster_dev, graphql, run_mergeit, write_jsonl
+from support import REPO_ROOT, bundled_rows, dagster_dev, graphql, printed_command, run_mergeit, wait_for, write_jsonl
 from test_cli_flags import scripted_answer
 
 from mergeit_assets.instance_home import PAIRING_FILE
@@ -103,16 +102,36 @@ def test_dagster_dev_shows_the_partitions_of_the_file_it_reads(two_databases: Pa
         assert f"serves {two_databases / 'a.duckdb'}, not {db}" in said
 
 
+def sensors_ticked(port: int) -> bool:
+    """Every project sensor has finished a tick."""
+    return all(
+        any(tick["status"] != "STARTED" for tick in sensor_ticks(port, name))
+        for name in ("source_files_sensor", "stale_clusters_sensor", "automation_sensor")
+    )
+
+
 def test_the_summary_names_a_dagster_dev_command_that_works_where_mergeit_ran(two_databases: Path) -> None:
-    """Run from a data folder (no pyproject.toml there), the printed command still loads the
-    project and shows that database's partitions."""
-    summary = (two_databases / "b.summary").read_text()
-    words = shlex.split(re.search(r"view them with (.+)\)$", summary, re.MULTILINE).group(1))
-    env = dict(word.split("=", 1) for word in words[:2])
-    assert env == {"DAGSTER_HOME": str(two_databases / "b.dagster_home"),
-                   "MERGEIT_DB": str(two_databases / "b.duckdb")}
-    assert words[2:4] == ["dagster", "dev"]
-    with dagster_dev(Path(env["DAGSTER_HOME"]), env, two_databases / "dev.log", ready=workspace_loaded,
-                     cwd=two_databases, command=words[2:]) as port:
-        data = graphql(port, PARTITIONS_QUERY)["data"]
-    assert loaded_partitions(data) == cluster_keys(two_databases / "b.duckdb")
+    """Run from a data folder (no pyproject.toml there), the printed command loads the project,
+    shows that database's partitions and watches the sources `mergeit run` read, with its
+    settings: the sensors' first ticks find nothing to do, so the database stays as that run left
+    it and the same `mergeit run` again finds nothing changed."""
+    env, command = printed_command((two_databases / "b.summary").read_text())
+    assert env["DAGSTER_HOME"] == str(two_databases / "b.dagster_home")
+    assert env["MERGEIT_DB"] == str(two_databases / "b.duckdb")
+    assert env["MERGEIT_SOURCES"] == str(two_databases / "b")  # given as a relative flag
+    assert env["MERGEIT_LLM_BACKEND"] == "openai" and "OPENAI_API_KEY" not in env
+    assert command == ["dagster", "dev", "-m", "mergeit_assets.definitions"]
+    home = Path(env["DAGSTER_HOME"])
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs_before = len(instance.get_run_records())
+    with dagster_dev(home, env, two_databases / "dev.log", ready=workspace_loaded, cwd=two_databases,
+                     command=command) as port:
+        assert loaded_partitions(graphql(port, PARTITIONS_QUERY)["data"]) == cluster_keys(two_databases / "b.duckdb")
+        wait_for(lambda: sensors_ticked(port), timeout_s=120, what="a tick of every sensor")
+        [source_tick, *_] = sensor_ticks(port, "source_files_sensor")
+    assert source_tick["status"] == "SKIPPED" and "no new or changed" in source_tick["skipReason"], source_tick
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert len(instance.get_run_records()) == runs_before
+    again = run_mergeit("run", "b", "--db", "b.duckdb", cwd=two_databases, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing changed since run" in again.stdout, again.stdout
