@@ -159,7 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     environment = _dagster_environment(args, sources)
     previous = fingerprint.repeated_complete_run(database, sources, invocation)
     if previous is not None:
-        _print_unchanged(database, instance_home.choose_home(args.dagster_home, database), environment, previous, started)
+        home = instance_home.choose_home(args.dagster_home, database)
+        if home.is_dir():
+            instance_home.record_settings(home, environment)
+        _print_unchanged(database, home, environment, previous, started)
         return 0
 
     resources = _resources(args)
@@ -171,6 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mergeit_assets.pipeline import run_all
 
     instance_home.prepare(home, database)
+    instance_home.record_settings(home, environment)
     os.environ["DAGSTER_HOME"] = str(home)
     terminal = progress.console(progress.terminal_sink(sys.stderr)) if not args.quiet else contextlib.nullcontext()
     with dg.DagsterInstance.get() as instance, terminal:

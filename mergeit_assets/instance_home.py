@@ -8,15 +8,17 @@ partitions, and the UI would show partitions of a file it does not read.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from mergeit_core import settings
 from mergeit_core.settings import SettingError
 
 PAIRING_FILE = "mergeit_database"
+SETTINGS_FILE = "mergeit_settings.json"
 REPO_HOME = Path("dagster_home")
 # Named in the command so it loads from any folder, not only where pyproject.toml's [tool.dagster] is.
 DEFINITIONS_MODULE = "mergeit_assets.definitions"
@@ -97,6 +99,29 @@ def prepare(home: Path, database: Path) -> None:
     if not config.is_file():
         config.write_text(instance_config_template().read_text(encoding="utf-8"), encoding="utf-8")
     pair(home, database)
+
+
+def record_settings(home: Path, environment: Mapping[str, str]) -> None:
+    """Record the MERGEIT_* settings of the latest `mergeit run` on ``home`` (no secrets among
+    them), so `dagster dev` and `dg` on this instance rerun its database the same way."""
+    path = home / SETTINGS_FILE
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(dict(sorted(environment.items())), indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def apply_recorded_settings(home: Path, environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Set in ``environ`` each recorded setting it lacks, and $MERGEIT_DB to the database ``home``
+    serves when unset: the environment wins, the latest `mergeit run` fills the rest. Returns
+    what was set."""
+    path = home / SETTINGS_FILE
+    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    served = served_database(home)
+    if served is not None:
+        recorded[settings.DB_VARIABLE] = str(served)
+    applied = {name: value for name, value in recorded.items() if name not in environ}
+    environ.update(applied)
+    return applied
 
 
 def dagster_dev_command(home: Path, database: Path, environment: Mapping[str, str]) -> str:

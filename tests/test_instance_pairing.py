@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,11 +14,12 @@ from llm_support import ScriptedServer
 from support import REPO_ROOT, bundled_rows, dagster_dev, graphql, printed_command, run_mergeit, wait_for, write_jsonl
 from test_cli_flags import scripted_answer
 
-from mergeit_assets.instance_home import PAIRING_FILE
+from mergeit_assets.instance_home import PAIRING_FILE, SETTINGS_FILE, apply_recorded_settings
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
 from mergeit_core.store import connect
 
 pytestmark = pytest.mark.slow
+SECRET = "sk-local-never-recorded"
 
 PARTITIONS_QUERY = """{
   assetNodes { assetKey { path } partitionKeys }
@@ -45,7 +47,9 @@ def two_databases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = bundled_rows()
     write_jsonl(workdir / "a" / "rows.jsonl", data[:90])  # 6 clusters
     write_jsonl(workdir / "b" / "rows.jsonl", data[100:132])  # 4 clusters
-    env = {"MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_MODEL": "stub", "OPENAI_API_KEY": "unused"}
+    # The key lives in a MERGEIT_* variable here, which must still never be printed or recorded.
+    env = {"MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_MODEL": "stub",
+           "MERGEIT_LLM_API_KEY_ENV": "MERGEIT_LOCAL_CREDENTIAL", "MERGEIT_LOCAL_CREDENTIAL": SECRET}
     env.pop("DAGSTER_HOME", None)
     with ScriptedServer(scripted_answer) as server:
         env["MERGEIT_LLM_BASE_URL"] = server.base_url
@@ -119,7 +123,8 @@ def test_the_summary_names_a_dagster_dev_command_that_works_where_mergeit_ran(tw
     assert env["DAGSTER_HOME"] == str(two_databases / "b.dagster_home")
     assert env["MERGEIT_DB"] == str(two_databases / "b.duckdb")
     assert env["MERGEIT_SOURCES"] == str(two_databases / "b")  # given as a relative flag
-    assert env["MERGEIT_LLM_BACKEND"] == "openai" and "OPENAI_API_KEY" not in env
+    assert env["MERGEIT_LLM_BACKEND"] == "openai" and env["MERGEIT_LLM_API_KEY_ENV"] == "MERGEIT_LOCAL_CREDENTIAL"
+    assert "MERGEIT_LOCAL_CREDENTIAL" not in env and SECRET not in (two_databases / "b.summary").read_text()
     assert command == ["dagster", "dev", "-m", "mergeit_assets.definitions"]
     home = Path(env["DAGSTER_HOME"])
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -135,3 +140,29 @@ def test_the_summary_names_a_dagster_dev_command_that_works_where_mergeit_ran(tw
     again = run_mergeit("run", "b", "--db", "b.duckdb", cwd=two_databases, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing changed since run" in again.stdout, again.stdout
+
+
+def test_the_instance_records_the_settings_of_its_latest_run(two_databases: Path) -> None:
+    home = two_databases / "b.dagster_home"
+    recorded = json.loads((home / SETTINGS_FILE).read_text())
+    assert recorded["MERGEIT_SOURCES"] == str(two_databases / "b") and recorded["MERGEIT_LLM_MODEL"] == "stub"
+    assert "MERGEIT_LOCAL_CREDENTIAL" not in recorded and SECRET not in json.dumps(recorded)
+    # The environment wins; the record fills the rest, the database from the pairing.
+    environ = {"MERGEIT_LLM_MODEL": "other"}
+    applied = apply_recorded_settings(home, environ)
+    assert environ["MERGEIT_LLM_MODEL"] == "other" and "MERGEIT_LLM_MODEL" not in applied
+    assert environ["MERGEIT_SOURCES"] == str(two_databases / "b")
+    assert environ["MERGEIT_DB"] == str(two_databases / "b.duckdb")
+
+
+def test_dagster_dev_given_only_the_instance_reruns_its_database_alike(two_databases: Path) -> None:
+    """Only DAGSTER_HOME set, as the README's `dagster dev` has it: the code location reads the
+    database the instance serves and its sensors watch the sources of the latest `mergeit run`
+    on it, so their first ticks find nothing to do."""
+    home = two_databases / "b.dagster_home"
+    with dagster_dev(home, {}, two_databases / "dev.log", ready=workspace_loaded, cwd=two_databases,
+                     command=["dagster", "dev", "-m", "mergeit_assets.definitions"]) as port:
+        assert loaded_partitions(graphql(port, PARTITIONS_QUERY)["data"]) == cluster_keys(two_databases / "b.duckdb")
+        wait_for(lambda: sensors_ticked(port), timeout_s=120, what="a tick of every sensor")
+        [source_tick, *_] = sensor_ticks(port, "source_files_sensor")
+    assert source_tick["status"] == "SKIPPED" and "no new or changed" in source_tick["skipReason"], source_tick
