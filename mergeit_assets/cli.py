@@ -87,10 +87,9 @@ def _dagster_environment(args: argparse.Namespace, sources: list[str]) -> dict[s
         settings.setting_variable(name): settings.as_variable_value(value)
         for name, value in {**pipeline, **llm}.items() if value is not None
     }
-    if sources != settings.default_sources() or settings.SETTING_VARIABLES["sources"] in environment:
-        environment[settings.SETTING_VARIABLES["sources"]] = settings.as_variable_value(
-            [str(Path(source).resolve()) for source in sources]
-        )
+    sources_variable = settings.SETTING_VARIABLES["sources"]
+    if sources_variable in environment:  # given, by flag or variable: absolute, to load from any folder
+        environment[sources_variable] = settings.as_variable_value([str(Path(source).resolve()) for source in sources])
     return environment
 
 
