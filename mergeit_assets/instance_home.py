@@ -115,13 +115,27 @@ def apply_recorded_settings(home: Path, environ: MutableMapping[str, str]) -> di
     serves when unset: the environment wins, the latest `mergeit run` fills the rest. Returns
     what was set."""
     path = home / SETTINGS_FILE
-    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    recorded = _recorded(path) if path.is_file() else {}
     served = served_database(home)
     if served is not None:
         recorded[settings.DB_VARIABLE] = str(served)
     applied = {name: value for name, value in recorded.items() if name not in environ}
     environ.update(applied)
     return applied
+
+
+def _recorded(path: Path) -> dict[str, str]:
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        recorded, problem = None, str(error)
+    else:
+        problem = "not an object of MERGEIT_* variables"
+    if not isinstance(recorded, dict) or not all(
+        isinstance(name, str) and name.startswith("MERGEIT_") and isinstance(value, str) for name, value in recorded.items()
+    ):
+        raise SettingError(f"{path}: {problem}; delete it, or run `mergeit run` again to rewrite it")
+    return recorded
 
 
 def dagster_dev_command(home: Path, database: Path, environment: Mapping[str, str]) -> str:

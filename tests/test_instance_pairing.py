@@ -16,6 +16,7 @@ from test_cli_flags import scripted_answer
 
 from mergeit_assets.instance_home import PAIRING_FILE, SETTINGS_FILE, apply_recorded_settings
 from mergeit_assets.partitions import CLUSTERS_PARTITION_NAME
+from mergeit_core.settings import SettingError
 from mergeit_core.store import connect
 
 pytestmark = pytest.mark.slow
@@ -153,6 +154,13 @@ def test_the_instance_records_the_settings_of_its_latest_run(two_databases: Path
     assert environ["MERGEIT_LLM_MODEL"] == "other" and "MERGEIT_LLM_MODEL" not in applied
     assert environ["MERGEIT_SOURCES"] == str(two_databases / "b")
     assert environ["MERGEIT_DB"] == str(two_databases / "b.duckdb")
+
+
+@pytest.mark.parametrize("content", ["{not json", '["MERGEIT_BUDGET"]', '{"PATH": "/tmp"}'])
+def test_a_damaged_settings_record_is_named_with_the_fix(tmp_path: Path, content: str) -> None:
+    (tmp_path / SETTINGS_FILE).write_text(content)
+    with pytest.raises(SettingError, match=f"{tmp_path / SETTINGS_FILE}: .*delete it, or run `mergeit run` again"):
+        apply_recorded_settings(tmp_path, {})
 
 
 def test_dagster_dev_given_only_the_instance_reruns_its_database_alike(two_databases: Path) -> None:
