@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from llm_support import ScriptedServer, concatenated_merge
 from support import run_mergeit
 
 from mergeit_core.merge.gate import REASONS
@@ -61,13 +62,24 @@ def test_run_on_the_bundled_sample_prints_the_summary(finished_run) -> None:
     assert leftover_servers == set()
 
 
-def test_lineage_shows_a_merged_sample_beside_its_sources(finished_run) -> None:
-    workdir, _, _ = finished_run
+@pytest.fixture(scope="module")
+def merging_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample merged by an endpoint whose merges the gate keeps: the tiny local model's
+    mostly are not, so a lineage test on its run would depend on luck."""
+    workdir = tmp_path_factory.mktemp("merging")
+    with ScriptedServer(concatenated_merge) as server:
+        result = run_mergeit("run", "--llm", "openai", "--base-url", server.base_url, "--model", "scripted",
+                             "--dagster-home", str(workdir / "home"), cwd=workdir, env={"OPENAI_API_KEY": "unused"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_lineage_shows_a_merged_sample_beside_its_sources(merging_run: Path) -> None:
+    workdir = merging_run
     with connect(workdir / "mergeit.duckdb") as conn:
-        rows = conn.execute("SELECT sample_id FROM merged_dataset WHERE origin = 'merged' ORDER BY sample_id LIMIT 1").fetchall()
-    if not rows:
-        pytest.skip("the tiny model produced no valid merge in this run")
-    [(sample_id,)] = rows
+        [(sample_id,), *_] = conn.execute(
+            "SELECT sample_id FROM merged_dataset WHERE origin = 'merged' ORDER BY sample_id"
+        ).fetchall()
     shown = run_mergeit("lineage", sample_id, cwd=workdir, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.count("-- source ") == 2
