@@ -248,7 +248,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     print(f"models folder: {folder} (${models.MODELS_DIR_ENV})")
     for listing in models.list_models(folder):
         size = f"{listing.size / 1e6:.1f} MB" if listing.size is not None else "-"
-        print(f"{listing.name:<16} {listing.status:<12} {size:>10}  {listing.path or '-'}  ({listing.description})")
+        about = "; ".join(filter(None, [
+            listing.description, listing.license and f"license {listing.license}",
+            listing.default and f"the default (${models.MODEL_ENV} or --model to change)"]))
+        print(f"{listing.name:<16} {listing.status:<12} {size:>10}  {listing.path or '-'}  ({about})")
     return 0
 
 

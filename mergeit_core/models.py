@@ -262,11 +262,14 @@ class ModelListing:
     path: Path | None
     size: int | None
     description: str
+    license: str = ""  # known models only: the terms a dataset merged by this model inherits
+    default: bool = False  # the model `mergeit run` uses when none is named
 
 
 def list_models(folder: Path | None = None) -> list[ModelListing]:
     """Every known model (fetched or not) and any other .gguf in the models folder."""
     folder = folder or models_dir()
+    default = os.environ.get(MODEL_ENV, "") or DEFAULT_MODEL
     listings = []
     for model in KNOWN_MODELS.values():
         try:
@@ -277,10 +280,13 @@ def list_models(folder: Path | None = None) -> list[ModelListing]:
         status = ("bundled" if present else "missing") if model.bundled else (
             "fetched" if present else "not fetched")
         listings.append(ModelListing(
-            model.name, status, path, path.stat().st_size if present and path else None, model.description))
+            model.name, status, path, path.stat().st_size if present and path else None, model.description,
+            license=model.license, default=model.name == default))
     known_files = {model.file_name for model in KNOWN_MODELS.values() if model.file_name}
     if folder.is_dir():
         for path in sorted(folder.glob("*.gguf")):
             if path.name not in known_files:
-                listings.append(ModelListing(path.name, "local file", path, path.stat().st_size, "GGUF in the models folder"))
+                listings.append(ModelListing(
+                    path.name, "local file", path, path.stat().st_size, "GGUF in the models folder",
+                    default=Path(default).expanduser().resolve() == path.resolve()))
     return listings

@@ -131,9 +131,12 @@ def test_an_empty_model_means_the_configured_default(tmp_path: Path, monkeypatch
     assert models.gguf_for("smollm2") == models.default_gguf_path()  # a named model wins
 
 
-def mergeit(*args: str, env_models: Path, cwd: Path) -> subprocess.CompletedProcess:
+def mergeit(*args: str, env_models: Path, cwd: Path, default_model: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, models.MODELS_DIR_ENV: str(env_models)}
     env.pop(models.FIND_LINKS_ENV, None)
+    env.pop(models.MODEL_ENV, None)
+    if default_model is not None:
+        env[models.MODEL_ENV] = default_model
     return subprocess.run([sys.executable, "-m", "mergeit_assets.cli", *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -166,6 +169,20 @@ def test_cli_lists_known_models_and_other_ggufs(tmp_path: Path) -> None:
     assert "not fetched" in by_name["qwen2.5-0.5b"]
     assert str(folder / models.QWEN_05B.file_name) in by_name["qwen2.5-0.5b"]
     assert "local file" in by_name["my-finetune.gguf"] and "2.0 MB" in by_name["my-finetune.gguf"]
+    assert "license Apache-2.0" in by_name["smollm2"] and "license Apache-2.0" in by_name["qwen2.5-0.5b"]
+    assert "license" not in by_name["my-finetune.gguf"]  # nothing known about a file's terms
+    assert [name for name, line in by_name.items() if "the default" in line] == [models.DEFAULT_MODEL]
+
+
+def test_cli_marks_the_model_the_environment_makes_the_default(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "my-finetune.gguf").write_bytes(b"x")
+    for default, marked in (("smollm2", "smollm2"), ("models/my-finetune.gguf", "my-finetune.gguf")):
+        result = mergeit("models", "list", env_models=folder, cwd=tmp_path, default_model=default)
+        assert result.returncode == 0, result.stderr
+        by_name = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+        assert [name for name, line in by_name.items() if "the default ($MERGEIT_LLM_MODEL" in line] == [marked]
 
 
 def test_cli_rejects_an_unknown_model_name(tmp_path: Path) -> None:
