@@ -103,6 +103,14 @@ def _print_summary(db_path: str, seconds: float, note: str = "") -> None:
         f"final rows {s.final_rows}; skipped files {s.skipped_files}; ignored files {s.ignored_files}; "
         f"{seconds:.1f}s; database {s.db_path}"
     )
+    if s.first_rejections:
+        more = s.rejected - len(s.first_rejections)
+        print(f"rejected sources: {s.rejected}, kept in table rejected_rows of the database"
+              + (f"; the first {len(s.first_rejections)}:" if more > 0 else ":"), file=sys.stderr)
+        for reason in s.first_rejections:
+            print(f"  {reason}", file=sys.stderr)
+        if more > 0:
+            print(f"  ... and {more} more: SELECT * FROM rejected_rows ORDER BY source_file, source_row", file=sys.stderr)
 
 
 def _reasons(counts: dict[str, int]) -> str:

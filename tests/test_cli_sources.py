@@ -83,3 +83,38 @@ def test_run_reads_csv_reports_files_not_read_and_keeps_lineage_owners(
         "WHERE source_id IN (SELECT source_id FROM duplicate_rows) GROUP BY ALL ORDER BY ALL",
     )
     assert occurrences == [("a_new.jsonl", True, 5), ("data.jsonl", False, 5)]
+
+
+def test_run_names_the_first_rejected_records_on_the_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "sources"
+    write_jsonl(folder / "data.jsonl", bundled_rows()[:20])
+    bad = folder / "bad.jsonl"
+    bad.write_text("\n".join([
+        '{"instruction": "Name a prime number.", "input": "", "output": "7"}',
+        *['{"instruction": "", "input": "", "output": "nothing asked"}'] * 5,
+        '{"instruction": "cut off',
+    ]) + "\n", encoding="utf-8")
+    (folder / "broken.csv").write_text("question,answer\nWhy?,Because.\n", encoding="utf-8")
+    db = tmp_path / "out.duckdb"
+    with ScriptedServer(concatenated_merge) as server:
+        for name, value in {
+            "MERGEIT_LLM_BACKEND": "openai", "MERGEIT_LLM_BASE_URL": server.base_url, "MERGEIT_LLM_MODEL": "scripted",
+        }.items():
+            monkeypatch.setenv(name, value)
+        result = run_mergeit("run", str(folder), "--db", str(db), cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = SUMMARY.search(result.stdout)
+    assert summary and tuple(map(int, summary.groups()[:3])) == (28, 21, 7), result.stdout  # an unreadable file counts once
+    # The first five by file, row and field on stderr, and where all of them are kept.
+    listed = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert "rejected sources: 7, kept in table rejected_rows of the database; the first 5:" in result.stderr
+    assert listed == [
+        *(f"  {bad}: row {n}: field 'instruction' is empty" for n in range(2, 7)),
+        "  ... and 2 more: SELECT * FROM rejected_rows ORDER BY source_file, source_row",
+    ]
+    assert rows(db, "SELECT source_row, field FROM rejected_rows WHERE source_file LIKE '%bad.jsonl' ORDER BY 1")[-1] == (7, None)
+    assert rows(db, "SELECT count(*) FROM rejected_rows WHERE source_file LIKE '%broken.csv' AND source_row IS NULL") == [(1,)]
+    # The same command again proves nothing changed, and still names them.
+    again = run_mergeit("run", str(folder), "--db", str(db), cwd=tmp_path, timeout=600)
+    assert again.returncode == 0 and "nothing changed since run" in again.stdout, again.stderr[-4000:]
+    assert [line for line in again.stderr.splitlines() if line.startswith("  ")] == listed
