@@ -207,10 +207,7 @@ def _existing_database(path: str) -> Path:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     with connect(_existing_database(args.db), read_only=True) as conn:
-        [sample] = conn.execute(
-            "SELECT sample_id, origin, cluster_key, instruction, input, output FROM merged_dataset WHERE sample_id = ?",
-            [args.sample_id],
-        ).fetchall() or [None]
+        [sample] = run_sql(conn, "queries/sample.sql", {"sample_id": args.sample_id}).fetchall() or [None]
         if sample is None:
             print(f"no sample {args.sample_id!r} in {args.db}", file=sys.stderr)
             return 1

@@ -75,9 +75,7 @@ def dataset_card(db_path: str | Path, data_file: str) -> str:
     merge_models = _rows(db_path, "figures/card_merge_models.sql")
     files = _rows(db_path, "figures/card_source_files.sql")
     with connect(db_path) as conn:
-        [(example,)] = conn.execute(
-            "SELECT coalesce(min(sample_id) FILTER (WHERE origin = 'merged'), min(sample_id), 'SAMPLE_ID') FROM merged_dataset"
-        ).fetchall()
+        [(example,)] = run_sql(conn, "figures/card_example_sample.sql").fetchall()
     example_file = Path(files[0]["source_file"]).name if files else "data.jsonl"
     front_matter = "\n".join([
         "---",

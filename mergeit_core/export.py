@@ -8,10 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mergeit_core.settings import SettingError
-from mergeit_core.store import connect
+from mergeit_core.store import connect, fetch_table
 
 EXPORT_FORMATS = (".jsonl", ".parquet")
-_EXPORT_QUERY = "SELECT instruction, input, output FROM merged_dataset ORDER BY sample_id"
 
 
 def export_dataset(db_path: str | Path, out: str | Path) -> int:
@@ -19,7 +18,7 @@ def export_dataset(db_path: str | Path, out: str | Path) -> int:
     if out.suffix not in EXPORT_FORMATS:
         raise SettingError(f"cannot export to {out}: the file name must end in {' or '.join(EXPORT_FORMATS)}")
     with connect(db_path, read_only=True) as conn:
-        table = conn.sql(_EXPORT_QUERY).to_arrow_table()
+        table = fetch_table(conn, "export/alpaca.sql")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         pq.write_table(table, out)

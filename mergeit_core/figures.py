@@ -36,7 +36,7 @@ def cluster_map(
         table = fetch_table(
             conn, "figures/cluster_points.sql", {"model": embed.model_id(embedding_backend), "max_points": max_points}
         )
-        rows = conn.execute("SELECT count(*) FROM topic_clusters").fetchall()[0][0]
+        [(rows,)] = run_sql(conn, "figures/clustered_row_count.sql").fetchall()
     vectors = table.column("embedding").combine_chunks()
     matrix = (
         vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), -1).astype(np.float64)
@@ -72,7 +72,7 @@ def _centre_pca_2d(matrix: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
 
 def cluster_sizes(db_path: str | Path) -> dict[str, int]:
     with connect(db_path) as conn:
-        return dict(conn.execute("SELECT cluster_key, size FROM clusters ORDER BY cluster_key").fetchall())
+        return dict(run_sql(conn, "figures/cluster_sizes.sql").fetchall())
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def merge_outcomes(db_path: str | Path, cluster_keys: Sequence[str] | None = Non
     counted as they come: a merge gate may add its own (with a ``gate_reason`` column)."""
     with connect(db_path) as conn:
         if cluster_keys is None:
-            cluster_keys = [key for (key,) in conn.execute("SELECT DISTINCT cluster_key FROM merged_samples").fetchall()]
+            cluster_keys = [key for (key,) in run_sql(conn, "figures/merged_clusters.sql").fetchall()]
         result = run_sql(conn, "figures/merge_outcomes.sql", {"cluster_keys": list(cluster_keys)})
         columns = [d[0] for d in result.description]
         rows = [dict(zip(columns, row)) for row in result.fetchall()]

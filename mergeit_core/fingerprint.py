@@ -152,9 +152,7 @@ def database_stamp(db_path: str | Path) -> str:
 
 def last_complete_run(db_path: str | Path) -> CompleteRun | None:
     with connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT run_id, sources_hash, settings_hash, database_stamp, finished_at, invocation_hash FROM complete_runs"
-        ).fetchall()
+        rows = run_sql(conn, "pipeline/last_complete_run.sql").fetchall()
     return CompleteRun(*rows[0]) if rows else None
 
 
@@ -170,19 +168,19 @@ def record_complete_run(
     failed merge without a cached answer): then the next run must not be skipped."""
     with connect(db_path) as conn:
         [(retryable,)] = run_sql(conn, "pipeline/retryable_failures.sql").fetchall()
-        conn.execute("DELETE FROM complete_runs")
+        run_sql(conn, "pipeline/forget_complete_run.sql")
     if retryable:
         return False
     stamp = database_stamp(db_path)  # after the DELETE: complete_runs is not part of the stamp
     with connect(db_path) as conn:
-        conn.execute(
-            "INSERT INTO complete_runs VALUES (?, ?, ?, ?, ?, ?)",
-            [run_id, inputs.sources_hash, inputs.settings_hash, stamp, finished_at, invocation],
-        )
+        run_sql(conn, "pipeline/record_complete_run.sql", {
+            "run_id": run_id, "sources_hash": inputs.sources_hash, "settings_hash": inputs.settings_hash,
+            "database_stamp": stamp, "finished_at": finished_at, "invocation_hash": invocation,
+        })
     return True
 
 
 def remember_invocation(db_path: str | Path, invocation: str) -> None:
     """After the full check found nothing changed: the next identical invocation proves it fast."""
     with connect(db_path) as conn:
-        conn.execute("UPDATE complete_runs SET invocation_hash = ?", [invocation])
+        run_sql(conn, "pipeline/remember_invocation.sql", {"invocation_hash": invocation})

@@ -92,8 +92,7 @@ def merge_clusters(
     sampling = json.dumps(config.sampling_params(), sort_keys=True)
     now = now_utc()
     with connect(db_path) as conn, transaction(conn):
-        for cluster_key in cluster_keys:
-            conn.execute("DELETE FROM merged_samples WHERE cluster_key = ?", [cluster_key])
+        run_sql(conn, "pipeline/delete_partition_rows.sql", {"tables": ["merged_samples"], "cluster_keys": list(cluster_keys)})
         insert_columns(conn, "merged_samples", {
             "group_id": [g.group_id for g, _ in rows],
             "cluster_key": [g.cluster_key for g, _ in rows],

@@ -43,12 +43,10 @@ def record_partition_membership(
 ) -> None:
     """Note which membership of the cluster this asset's partition was computed from, and with
     which settings (the dataset card reports them)."""
-    conn.execute("DELETE FROM partition_inputs WHERE asset_name = ? AND cluster_key = ?", [asset_name, cluster_key])
-    conn.execute(
-        "INSERT INTO partition_inputs (asset_name, cluster_key, input_hash, run_id, materialized_at, settings) "
-        "SELECT ?, cluster_key, membership_hash, ?, ?, ? FROM clusters WHERE cluster_key = ?",
-        [asset_name, run_id, now_utc(), settings_json(settings or {}), cluster_key],
-    )
+    run_sql(conn, "pipeline/record_partition_membership.sql", {
+        "asset_name": asset_name, "cluster_key": cluster_key, "run_id": run_id,
+        "materialized_at": now_utc(), "settings": settings_json(settings or {}),
+    })
 
 
 def settings_json(settings: Mapping[str, object]) -> str:
@@ -80,9 +78,7 @@ def ingest(
     with connect(db_path) as conn:
         previous_owners = {
             source_id: (source_file, source_row, source_turn)
-            for source_id, source_file, source_row, source_turn in conn.execute(
-                "SELECT source_id, source_file, source_row, source_turn FROM source_instructions"
-            ).fetchall()
+            for source_id, source_file, source_row, source_turn in run_sql(conn, "pipeline/source_owners.sql").fetchall()
         }
     tracker = progress.stage("read", total=None, unit="files")
     read = {"rows_read": 0, "accepted": 0, "rejected": 0, "duplicate": 0}
@@ -97,8 +93,7 @@ def ingest(
     now = now_utc()
     accepted, rejected, duplicates = result.accepted, result.rejected, result.duplicates
     with connect(db_path) as conn, transaction(conn):
-        for table in ("source_instructions", "rejected_rows", "duplicate_rows", "source_files", "skipped_files"):
-            conn.execute(f"DELETE FROM {table}")
+        run_sql(conn, "pipeline/clear_sources.sql")
         insert_columns(conn, "source_instructions", {
             "source_id": [r.source_id for r in accepted],
             "source_file": [r.source_file for r in accepted],
@@ -139,9 +134,10 @@ def ingest(
             "reason": [f.reason for f in result.skipped],
             "ingested_at": pa.array([now] * len(result.skipped), pa.timestamp("us")),
         })
-        samples_before = conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0]
+        [(samples_before,)] = run_sql(conn, "pipeline/final_sample_count.sql").fetchall()
         run_sql(conn, "pipeline/retire_missing_sources.sql")
-        retired = samples_before - conn.execute("SELECT count(*) FROM merged_dataset").fetchall()[0][0]
+        [(samples_after,)] = run_sql(conn, "pipeline/final_sample_count.sql").fetchall()
+        retired = samples_before - samples_after
     stats = IngestStats(
         files=len(result.files),
         rows_read=sum(f.rows_read for f in result.files),
@@ -184,7 +180,7 @@ def embed_missing(
     model = embed.model_id(embedding_backend)
     with connect(db_path) as conn:
         rows = run_sql(conn, "pipeline/texts_to_embed.sql", {"model": model}).fetchall()
-        total = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
+        [(total,)] = run_sql(conn, "pipeline/source_row_count.sql").fetchall()
     pending = sorted(
         ((source_id, Sample(instruction, input_, "").embedding_text) for source_id, instruction, input_ in rows),
         key=lambda row: -len(row[1]),
@@ -247,13 +243,10 @@ def cluster_topics(
     model = embed.model_id(embedding_backend)
     with connect(db_path) as conn:
         current = fetch_table(conn, "pipeline/current_embeddings.sql", {"model": model})
-        missing = conn.execute(
-            "SELECT count(*) FROM source_instructions s ANTI JOIN instruction_embeddings e "
-            "ON e.source_id = s.source_id AND e.model = ?", [model]
-        ).fetchall()[0][0]
+        [(missing,)] = run_sql(conn, "checks/rows_without_embedding.sql", {"model": model}).fetchall()
         previous = fetch_table(conn, "pipeline/previous_clusters.sql")
         fit_rows = run_sql(conn, "pipeline/last_full_fit.sql").fetchall()
-        placed_before = {s for (s,) in conn.execute("SELECT source_id FROM topic_clusters WHERE placed_since_fit").fetchall()}
+        placed_before = {s for (s,) in run_sql(conn, "pipeline/placed_since_fit.sql").fetchall()}
     if missing:
         raise RuntimeError(f"{missing} source rows have no embedding yet: materialize instruction_embeddings first")
     source_ids: list[str] = current.column("source_id").to_pylist()
@@ -294,8 +287,7 @@ def cluster_topics(
     ordered_keys = sorted(members)
     now = now_utc()
     with connect(db_path) as conn, transaction(conn):
-        conn.execute("DELETE FROM topic_clusters")
-        conn.execute("DELETE FROM clusters")
+        run_sql(conn, "pipeline/clear_clusters.sql")
         insert_columns(conn, "topic_clusters", {
             "source_id": source_ids,
             "cluster_key": row_keys,
@@ -308,17 +300,17 @@ def cluster_topics(
             "centroid": embedding_array(np.stack([centroids[key] for key in ordered_keys])),
             "updated_at": pa.array([now] * len(ordered_keys), pa.timestamp("us")),
         })
-        for key in removed:
-            _delete_cluster_rows(conn, key)
+        if removed:
+            run_sql(conn, "pipeline/delete_partition_rows.sql", {"tables": list(PER_CLUSTER_ASSETS), "cluster_keys": removed})
+            run_sql(conn, "pipeline/forget_partition_inputs.sql", {"cluster_keys": removed})
         run_sql(conn, "pipeline/invalidate_moved_rows.sql")
         if update is None:
-            conn.execute("DELETE FROM cluster_fit")
-            conn.execute(
-                "INSERT INTO cluster_fit VALUES (?, ?, ?, ?, ?, ?)",
-                [fit.rows, fit.rows_changed_since, fit.seed, fit.n_components, fit.explained_variance, now],
-            )
+            run_sql(conn, "pipeline/record_full_fit.sql", {
+                "rows": fit.rows, "rows_changed_since": fit.rows_changed_since, "seed": fit.seed,
+                "n_components": fit.n_components, "explained_variance": fit.explained_variance, "fitted_at": now,
+            })
         else:
-            conn.execute("UPDATE cluster_fit SET rows_changed_since = ?", [fit.rows_changed_since])
+            run_sql(conn, "pipeline/record_rows_changed_since_fit.sql", {"rows_changed_since": fit.rows_changed_since})
     changed = sorted(key for key in members if previous_hashes.get(key) != hashes[key])
     tracker.finish(
         clusters=len(members), pca_components=fit.n_components, changed=len(changed),
@@ -339,12 +331,6 @@ def cluster_topics(
         changed=changed,
         unchanged=sorted(set(members) - set(changed)),
     )
-
-
-def _delete_cluster_rows(conn, cluster_key: str) -> None:
-    for table in PER_CLUSTER_ASSETS:
-        conn.execute(f"DELETE FROM {table} WHERE cluster_key = ?", [cluster_key])
-    conn.execute("DELETE FROM partition_inputs WHERE cluster_key = ?", [cluster_key])
 
 
 PER_CLUSTER_ASSETS = ("selected_subset", "merge_pairs", "merged_samples")
@@ -403,7 +389,7 @@ def _replace_clusters(
     """Replace the clusters' rows of a per-cluster table and note the memberships and settings
     they came from."""
     with connect(db_path) as conn, transaction(conn):
-        conn.execute(f"DELETE FROM {table} WHERE list_contains(?, cluster_key)", [cluster_keys])
+        run_sql(conn, "pipeline/delete_partition_rows.sql", {"tables": [table], "cluster_keys": cluster_keys})
         insert_columns(conn, table, columns)
         for key in cluster_keys:
             record_partition_membership(conn, table, key, run_id, settings)
@@ -565,35 +551,27 @@ def build_merged_dataset(
     tracker = progress.stage("dataset", total=None, unit="samples")
     with connect(db_path) as conn, transaction(conn):
         run_sql(conn, "pipeline/build_merged_dataset.sql", {"run_id": run_id})
-        counts = dict(conn.execute("SELECT origin, count(*) FROM merged_dataset GROUP BY origin").fetchall())
-        source_rows = conn.execute("SELECT count(*) FROM source_instructions").fetchall()[0][0]
-    merged, selected_rows = counts.get("merged", 0), counts.get("selected", 0)
+        [(merged, selected_rows, source_rows)] = run_sql(conn, "pipeline/final_samples_by_origin.sql").fetchall()
     tracker.update(merged + selected_rows, merged=merged, selected=selected_rows)
     tracker.finish()
     return DatasetStats(merged + selected_rows, merged, selected_rows, source_rows)
 
 
-def preview(db_path: str | Path, query: str, params: Sequence[object] = (), limit: int = 5) -> str:
-    """A markdown table of the first rows of ``query``, for asset metadata."""
+def preview(db_path: str | Path, name: str, limit: int = 5) -> str:
+    """A markdown table of the first ``limit`` rows of ``sql/previews/<name>.sql``, for asset metadata."""
     with connect(db_path) as conn:
-        result = conn.execute(f"{query} LIMIT {int(limit)}", list(params))
+        result = run_sql(conn, f"previews/{name}.sql", {"limit": limit})
         columns = [d[0] for d in result.description]
         rows = result.fetchall()
     return _markdown_table(columns, rows)
 
 
-def preview_per_cluster(
-    db_path: str | Path, query: str, cluster_keys: Sequence[str], order_by: str, limit: int = 5
-) -> dict[str, str]:
-    """``preview`` for each cluster in one query: ``query`` selects ``cluster_key`` first and takes
-    the keys as its one parameter (a list); each cluster's first ``limit`` rows by ``order_by`` (a
-    column of ours), without the key column."""
+def preview_per_cluster(db_path: str | Path, name: str, cluster_keys: Sequence[str], limit: int = 5) -> dict[str, str]:
+    """``preview`` for each cluster in one query: ``sql/previews/<name>.sql`` selects ``cluster_key``
+    first, of the clusters ``$cluster_keys``, at most ``$limit`` rows each; the tables leave the
+    key column out."""
     with connect(db_path) as conn:
-        result = conn.execute(
-            f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY cluster_key ORDER BY {order_by}) "
-            f"<= {int(limit)} ORDER BY cluster_key, {order_by}",
-            [list(cluster_keys)],
-        )
+        result = run_sql(conn, f"previews/{name}.sql", {"cluster_keys": list(cluster_keys), "limit": limit})
         columns = [d[0] for d in result.description]
         rows = result.fetchall()
     by_key: dict[str, list[tuple]] = {key: [] for key in cluster_keys}

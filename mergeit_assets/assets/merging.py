@@ -40,12 +40,7 @@ def merged_samples(
     keys = list(context.partition_keys)
     # Each cluster partition shows its own figures; the run_ totals cover every cluster in the run.
     side_by_side = figures.side_by_side_per_cluster(duckdb.database, keys)
-    previews = stages.preview_per_cluster(
-        duckdb.database,
-        "SELECT cluster_key, group_id, status, instruction, error FROM merged_samples WHERE list_contains(?, cluster_key)",
-        keys,
-        order_by="group_id",
-    )
+    previews = stages.preview_per_cluster(duckdb.database, "merged_samples", keys)
     for key, cluster in figures.cluster_figures(duckdb.database, keys).items():
         context.add_asset_metadata(
             {
@@ -106,7 +101,7 @@ def merged_dataset(
             "source_rows": stats.source_rows,
             "reduction": round(stats.samples / stats.source_rows, 4) if stats.source_rows else None,
             "preview": dg.MetadataValue.md(
-                stages.preview(duckdb.database, "SELECT sample_id, origin, instruction FROM merged_dataset ORDER BY origin, sample_id")
+                stages.preview(duckdb.database, "merged_dataset")
             ),
             "funnel": image(plots.funnel_png(counts), "funnel"),
             "merge_outcomes": image(

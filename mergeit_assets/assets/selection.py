@@ -36,13 +36,13 @@ def source_instructions(
             "skipped_files": stats.skipped_files,
             "ignored_files": stats.ignored_files,
             "preview": dg.MetadataValue.md(
-                stages.preview(duckdb.database, "SELECT source_id, source_file, source_row, instruction FROM source_instructions ORDER BY source_file, source_row")
+                stages.preview(duckdb.database, "source_instructions")
             ),
             "rejections": dg.MetadataValue.md(
-                stages.preview(duckdb.database, "SELECT source_file, source_row, field, reason FROM rejected_rows ORDER BY source_file, source_row", limit=10)
+                stages.preview(duckdb.database, "rejected_rows", limit=10)
             ),
             "files_not_read": dg.MetadataValue.md(
-                stages.preview(duckdb.database, "SELECT source_file, status, reason FROM skipped_files ORDER BY status DESC, source_file", limit=10)
+                stages.preview(duckdb.database, "skipped_files", limit=10)
             ),
         }
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from mergeit_core.records import Sample, stable_hash
-from mergeit_core.store import connect, insert_columns, transaction
+from mergeit_core.store import connect, insert_columns, run_sql, transaction
 
 CachePurpose = Literal["merge", "score"]
 
@@ -104,24 +104,20 @@ class DuckDBResponseCache:
         return f"DuckDBResponseCache({str(self.db_path)!r})"
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CachedResponse]:
-        rows = self._rows_for_keys(
-            "SELECT cache_key, response, valid, prompt_tokens, completion_tokens, finish_reason "
-            "FROM llm_cache WHERE cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
-            keys,
-        )
+        rows = self._rows_for_keys("cache/responses.sql", keys)
         return {
             key: CachedResponse(response, valid, prompt, completion, finish_reason)
             for key, response, valid, prompt, completion, finish_reason in rows
         }
 
-    def _rows_for_keys(self, query: str, keys: Iterable[str], *params: object) -> list[tuple]:
-        """``query``'s rows, its last parameter bound to the distinct ``keys``."""
+    def _rows_for_keys(self, name: str, keys: Iterable[str], **params: object) -> list[tuple]:
+        """The rows of ``sql/<name>``, its ``$cache_keys`` bound to the distinct ``keys``."""
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return []
         self.flush()
         with _CONNECTION_LOCK, connect(self.db_path) as conn:
-            return conn.execute(query, [*params, wanted]).fetchall()
+            return run_sql(conn, name, {**params, "cache_keys": wanted}).fetchall()
 
     def put(
         self,
@@ -142,12 +138,7 @@ class DuckDBResponseCache:
 
     def get_gate_figures(self, keys: Iterable[str], version: str) -> dict[str, dict]:
         """The merge gate's figures stored for these answers' cache keys under ``version``."""
-        rows = self._rows_for_keys(
-            "SELECT cache_key, figures FROM gate_figures "
-            "WHERE figures_version = ? AND cache_key IN (SELECT UNNEST(?::VARCHAR[]))",
-            keys,
-            version,
-        )
+        rows = self._rows_for_keys("cache/gate_figures.sql", keys, figures_version=version)
         return {key: json.loads(figures) for key, figures in rows}
 
     def put_gate_figures(self, key: str, version: str, figures: Mapping[str, object]) -> None:

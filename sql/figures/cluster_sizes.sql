@@ -1,0 +1,1 @@
+SELECT cluster_key, size FROM clusters ORDER BY cluster_key;

@@ -1,0 +1,1 @@
+DELETE FROM complete_runs;

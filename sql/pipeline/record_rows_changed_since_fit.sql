@@ -1,0 +1,1 @@
+UPDATE cluster_fit SET rows_changed_since = $rows_changed_since;
