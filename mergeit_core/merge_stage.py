@@ -114,11 +114,10 @@ def merge_clusters(
             "partition_key": [g.cluster_key for g, _ in rows],
             "created_at": pa.array([now] * len(rows), pa.timestamp("us")),
         })
-        for cluster_key in cluster_keys:
-            record_partition_membership(
-                conn, "merged_samples", cluster_key, run_id,
-                {"quality_gate": quality_gate, "merge_gate": asdict(merge_gate) if merge_gate else None},
-            )
+        record_partition_membership(
+            conn, "merged_samples", cluster_keys, run_id,
+            {"quality_gate": quality_gate, "merge_gate": asdict(merge_gate) if merge_gate else None},
+        )
     return MergeStats(
         clusters=len(cluster_keys),
         groups=len(groups),

@@ -39,12 +39,12 @@ def _matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
 
 
 def record_partition_membership(
-    conn, asset_name: str, cluster_key: str, run_id: str | None, settings: Mapping[str, object] | None = None
+    conn, asset_name: str, cluster_keys: Sequence[str], run_id: str | None, settings: Mapping[str, object] | None = None
 ) -> None:
-    """Note which membership of the cluster this asset's partition was computed from, and with
+    """Note which membership of each cluster this asset's partitions were computed from, and with
     which settings (the dataset card reports them)."""
     run_sql(conn, "pipeline/record_partition_membership.sql", {
-        "asset_name": asset_name, "cluster_key": cluster_key, "run_id": run_id,
+        "asset_name": asset_name, "cluster_keys": list(cluster_keys), "run_id": run_id,
         "materialized_at": now_utc(), "settings": settings_json(settings or {}),
     })
 
@@ -391,8 +391,7 @@ def _replace_clusters(
     with connect(db_path) as conn, transaction(conn):
         run_sql(conn, "pipeline/delete_partition_rows.sql", {"tables": [table], "cluster_keys": cluster_keys})
         insert_columns(conn, table, columns)
-        for key in cluster_keys:
-            record_partition_membership(conn, table, key, run_id, settings)
+        record_partition_membership(conn, table, cluster_keys, run_id, settings)
 
 
 def select_clusters(
