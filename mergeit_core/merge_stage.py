@@ -21,8 +21,8 @@ from mergeit_core.merge.prompt import PROMPT_VERSION
 from mergeit_core.merge.quality import LLMJudgeScorer
 from mergeit_core.progress import NO_PROGRESS, ProgressReporter, StageProgress
 from mergeit_core.records import Sample
-from mergeit_core.stages import now_utc, record_partition_membership
-from mergeit_core.store import connect, insert_columns, run_sql, transaction
+from mergeit_core.stages import now_utc, replace_partition_rows
+from mergeit_core.store import connect, run_sql
 
 
 @dataclass(frozen=True)
@@ -91,33 +91,28 @@ def merge_clusters(
     rows = [(group, outcomes[group.group_id]) for group in groups]
     sampling = json.dumps(config.sampling_params(), sort_keys=True)
     now = now_utc()
-    with connect(db_path) as conn, transaction(conn):
-        run_sql(conn, "pipeline/delete_partition_rows.sql", {"tables": ["merged_samples"], "cluster_keys": list(cluster_keys)})
-        insert_columns(conn, "merged_samples", {
-            "group_id": [g.group_id for g, _ in rows],
-            "cluster_key": [g.cluster_key for g, _ in rows],
-            "status": [o.status for _, o in rows],
-            "instruction": pa.array([o.sample.instruction if o.sample else None for _, o in rows], pa.string()),
-            "input": pa.array([o.sample.input if o.sample else None for _, o in rows], pa.string()),
-            "output": pa.array([o.sample.output if o.sample else None for _, o in rows], pa.string()),
-            "model": [model] * len(rows),
-            "backend": [backend_name] * len(rows),
-            "prompt_version": [PROMPT_VERSION] * len(rows),
-            "sampling_params": [sampling] * len(rows),
-            "quality_score": pa.array([o.quality_score for _, o in rows], pa.float64()),
-            "sources_mean_score": pa.array([o.sources_mean_score for _, o in rows], pa.float64()),
-            "error": pa.array([o.error for _, o in rows], pa.string()),
-            "gate_reason": pa.array([o.gate.reason if o.gate else None for _, o in rows], pa.string()),
-            **_gate_figure_columns([o for _, o in rows]),
-            "cache_key": [o.cache_key for _, o in rows],
-            "run_id": pa.array([run_id] * len(rows), pa.string()),
-            "partition_key": [g.cluster_key for g, _ in rows],
-            "created_at": pa.array([now] * len(rows), pa.timestamp("us")),
-        })
-        record_partition_membership(
-            conn, "merged_samples", cluster_keys, run_id,
-            {"quality_gate": quality_gate, "merge_gate": asdict(merge_gate) if merge_gate else None},
-        )
+    settings = {"quality_gate": quality_gate, "merge_gate": asdict(merge_gate) if merge_gate else None}
+    replace_partition_rows(db_path, "merged_samples", cluster_keys, run_id, settings, {
+        "group_id": [g.group_id for g, _ in rows],
+        "cluster_key": [g.cluster_key for g, _ in rows],
+        "status": [o.status for _, o in rows],
+        "instruction": pa.array([o.sample.instruction if o.sample else None for _, o in rows], pa.string()),
+        "input": pa.array([o.sample.input if o.sample else None for _, o in rows], pa.string()),
+        "output": pa.array([o.sample.output if o.sample else None for _, o in rows], pa.string()),
+        "model": [model] * len(rows),
+        "backend": [backend_name] * len(rows),
+        "prompt_version": [PROMPT_VERSION] * len(rows),
+        "sampling_params": [sampling] * len(rows),
+        "quality_score": pa.array([o.quality_score for _, o in rows], pa.float64()),
+        "sources_mean_score": pa.array([o.sources_mean_score for _, o in rows], pa.float64()),
+        "error": pa.array([o.error for _, o in rows], pa.string()),
+        "gate_reason": pa.array([o.gate.reason if o.gate else None for _, o in rows], pa.string()),
+        **_gate_figure_columns([o for _, o in rows]),
+        "cache_key": [o.cache_key for _, o in rows],
+        "run_id": pa.array([run_id] * len(rows), pa.string()),
+        "partition_key": [g.cluster_key for g, _ in rows],
+        "created_at": pa.array([now] * len(rows), pa.timestamp("us")),
+    })
     return MergeStats(
         clusters=len(cluster_keys),
         groups=len(groups),

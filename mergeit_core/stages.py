@@ -38,17 +38,6 @@ def _matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1).astype(np.float32)
 
 
-def record_partition_membership(
-    conn, asset_name: str, cluster_keys: Sequence[str], run_id: str | None, settings: Mapping[str, object] | None = None
-) -> None:
-    """Note which membership of each cluster this asset's partitions were computed from, and with
-    which settings (the dataset card reports them)."""
-    run_sql(conn, "pipeline/record_partition_membership.sql", {
-        "asset_name": asset_name, "cluster_keys": list(cluster_keys), "run_id": run_id,
-        "materialized_at": now_utc(), "settings": settings_json(settings or {}),
-    })
-
-
 def settings_json(settings: Mapping[str, object]) -> str:
     """Settings as partition_inputs stores them, so equal settings compare equal in SQL."""
     return json.dumps(dict(settings), sort_keys=True)
@@ -378,20 +367,25 @@ def _by_cluster(table: pa.Table, cluster_keys: Sequence[str]) -> dict[str, tuple
     return parts
 
 
-def _replace_clusters(
+def replace_partition_rows(
     db_path: str | Path,
     table: str,
-    cluster_keys: list[str],
+    cluster_keys: Sequence[str],
     run_id: str | None,
     settings: Mapping[str, object],
     columns: dict[str, object],
 ) -> None:
-    """Replace the clusters' rows of a per-cluster table and note the memberships and settings
-    they came from."""
+    """Replace the clusters' rows of a per-cluster table and note, in one transaction, which
+    membership of each cluster and which settings they were computed from (the dataset card
+    reports the settings)."""
+    keys = list(cluster_keys)
     with connect(db_path) as conn, transaction(conn):
-        run_sql(conn, "pipeline/delete_partition_rows.sql", {"tables": [table], "cluster_keys": cluster_keys})
+        run_sql(conn, "pipeline/delete_partition_rows.sql", {"tables": [table], "cluster_keys": keys})
         insert_columns(conn, table, columns)
-        record_partition_membership(conn, table, cluster_keys, run_id, settings)
+        run_sql(conn, "pipeline/record_partition_membership.sql", {
+            "asset_name": table, "cluster_keys": keys, "run_id": run_id,
+            "materialized_at": now_utc(), "settings": settings_json(settings),
+        })
 
 
 def select_clusters(
@@ -449,7 +443,7 @@ def select_clusters(
         for key, (source_ids, selection) in selections.items()
         for rank, (index, gain) in enumerate(zip(selection.indices, selection.gains), start=1)
     ]
-    _replace_clusters(db_path, "selected_subset", keys, run_id, settings, {
+    replace_partition_rows(db_path, "selected_subset", keys, run_id, settings, {
         "source_id": [r[0] for r in rows],
         "cluster_key": [r[1] for r in rows],
         "selection_rank": pa.array([r[2] for r in rows], pa.int32()),
@@ -520,7 +514,7 @@ def pair_clusters(
         stats.append(PairStats(key, len(source_ids), len(groups), len(cluster_rows), float(np.mean(sims)) if sims else None))
         rows += cluster_rows
         tracker.advance(1, cluster=f"{key} {len(groups)} groups", groups=sum(r.groups for r in stats))
-    _replace_clusters(
+    replace_partition_rows(
         db_path, "merge_pairs", keys, run_id, settings, {
             "group_id": [r[0] for r in rows],
             "cluster_key": [r[1] for r in rows],
